@@ -35,7 +35,9 @@ impl std::fmt::Display for AnalysisId {
 impl AnalysisId {
     /// Reads a command-line value: all digits become a number, anything else a string.
     pub fn from_arg(s: &str) -> Self {
-        s.parse().map(Self::Number).unwrap_or_else(|_| Self::Text(s.into()))
+        s.parse()
+            .map(Self::Number)
+            .unwrap_or_else(|_| Self::Text(s.into()))
     }
 }
 
@@ -169,8 +171,14 @@ mod tests {
             },
         );
         let cases = [
-            (done, include_str!("../schema/analysis.completed.schema.json")),
-            (failed, include_str!("../schema/analysis.failed.schema.json")),
+            (
+                done,
+                include_str!("../schema/analysis.completed.schema.json"),
+            ),
+            (
+                failed,
+                include_str!("../schema/analysis.failed.schema.json"),
+            ),
         ];
         for (outcome, schema) in cases {
             let env = outcome.to_envelope();
@@ -179,7 +187,11 @@ mod tests {
             for key in required(schema) {
                 assert!(env.data.contains_key(&key), "{} lacks {key}", env.kind);
             }
-            assert_eq!(env.data.len(), required(schema).len(), "no undocumented fields");
+            assert_eq!(
+                env.data.len(),
+                required(schema).len(),
+                "no undocumented fields"
+            );
         }
     }
 

@@ -61,7 +61,12 @@ impl PayloadEncoding {
         let Some(raw) = value else {
             return Ok(Self::Json);
         };
-        let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "" | "application/json" => Ok(Self::Json),
             "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
@@ -129,7 +134,8 @@ impl Envelope {
 /// Formats a timestamp as RFC 3339 (UTC, `Z`).
 pub fn rfc3339(at: OffsetDateTime) -> String {
     // Formatting a valid OffsetDateTime as RFC 3339 only fails for years outside 0..=9999.
-    at.format(&Rfc3339).unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
 }
 
 #[cfg(test)]
@@ -160,8 +166,8 @@ mod tests {
 
     #[test]
     fn occurred_at_is_optional() {
-        let env = Envelope::decode(br#"{"kind":"a.b","data":{}}"#, PayloadEncoding::Json)
-            .expect("valid");
+        let env =
+            Envelope::decode(br#"{"kind":"a.b","data":{}}"#, PayloadEncoding::Json).expect("valid");
         assert_eq!(env.occurred_at, None);
     }
 

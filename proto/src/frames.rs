@@ -68,7 +68,11 @@ pub struct EventFrame {
 
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ServerFrame {
     /// First frame on every socket.
     Welcome {
@@ -79,7 +83,10 @@ pub enum ServerFrame {
     /// Answer to a client `ping`.
     Pong,
     /// Sent before any close the server initiates because of a client fault or limit.
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
 }
 
 /// Frames a client may send.
@@ -88,7 +95,9 @@ pub enum ServerFrame {
 pub enum ClientFrame {
     Ping,
     /// Acknowledges every event up to and including `seq`.
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
 }
 
 /// Why a client frame was refused; each maps to a WebSocket close code.

@@ -1,1 +1,9 @@
-//! placeholder
+//! What the gateway and the worker share: layered configuration, the NATS
+//! connection and stream definitions, telemetry set-up and shutdown signals.
+
+pub mod config;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{Config, ConfigErrors, Environment};

@@ -1,0 +1,183 @@
+//! Layered configuration: built-in defaults < `infra/config/<env>.toml` < `ZIRAAI_*`
+//! variables, validated once at start-up with one line per problem.
+//!
+//! Loading reads from a map passed in (never from the process environment directly),
+//! so tests exercise every rule without `set_var`.
+
+mod file;
+mod parse;
+mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use parse::parse_duration;
+
+/// Secret built in for `development` only; staging and production refuse it.
+pub const DEV_JWT_SECRET: &str = "ziraai-development-secret-do-not-use-in-production";
+/// Shortest JWT secret accepted outside development, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Default NATS URL (the broker's standard port).
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default gateway listen address.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+/// Frames queued per socket before it counts as too slow and is closed.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+/// Largest client frame accepted (clients only send pings and acks).
+pub const DEFAULT_MAX_CLIENT_FRAME: usize = 4 * 1024;
+/// How long one write to a socket may take before the socket is closed.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval of WebSocket pings; a socket silent for three intervals is closed.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Time sockets get to close at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a new socket waits for its user's subscription to be in place.
+pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to connect to NATS at start-up.
+pub const DEFAULT_NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Demo producer: user and interval.
+pub const DEFAULT_DEMO_USER: &str = "demo-farmer";
+pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Which deployment this is; selects the file under `infra/config/` and the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "development" | "dev" => Some(Self::Development),
+            "staging" => Some(Self::Staging),
+            "production" | "prod" => Some(Self::Production),
+            _ => None,
+        }
+    }
+}
+
+/// How the services reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URLs (the client picks among them and fails over).
+    pub urls: Vec<String>,
+    /// `.creds` file (JWT + nkey seed) for decentralised auth.
+    pub creds_file: Option<PathBuf>,
+    pub token: Option<SecretString>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub connect_timeout: Duration,
+}
+
+impl NatsConfig {
+    /// Whether any credential is configured (in options or in a URL's user info).
+    pub fn has_auth(&self) -> bool {
+        self.creds_file.is_some()
+            || self.token.is_some()
+            || (self.user.is_some() && self.password.is_some())
+            || self.urls.iter().any(|u| {
+                u.split_once("://")
+                    .map(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+                    .unwrap_or(false)
+            })
+    }
+}
+
+/// Everything a gateway needs besides NATS.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Origins allowed on WebSocket upgrades; `*` allows any (refused in production).
+    pub allowed_origins: Vec<String>,
+    pub outbound_queue: usize,
+    pub max_client_frame: usize,
+    pub write_timeout: Duration,
+    pub ping_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub subscribe_timeout: Duration,
+    /// Serve `/demo` with a minted development token (development only).
+    pub demo_page: bool,
+}
+
+/// Verification of client tokens.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt_secret: SecretString,
+    /// True when the built-in development secret is in use.
+    pub dev_secret: bool,
+}
+
+/// Worker settings used so far (the demo producer).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub demo_user: String,
+    pub demo_interval: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The validated configuration of a service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    pub nats: NatsConfig,
+    pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+    pub worker: WorkerConfig,
+    pub log_format: LogFormat,
+    /// Things worth a line at start-up that do not stop it (unknown variables, dev secret).
+    pub warnings: Vec<String>,
+}
+
+/// Every problem found while loading, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Config {
+    /// Loads from the process environment (the only place that reads it).
+    pub fn from_process_env() -> Result<Self, ConfigErrors> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::load(&vars)
+    }
+
+    /// Loads from `vars` (the `ZIRAAI_*` variables) and the environment's file.
+    ///
+    /// The file is `$ZIRAAI_CONFIG_DIR/<env>.toml`; without `ZIRAAI_CONFIG_DIR`,
+    /// `infra/config/<env>.toml` relative to the working directory if it exists.
+    pub fn load(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        validate::load(vars)
+    }
+
+    /// A development configuration with defaults, for tests and tools.
+    pub fn development() -> Self {
+        match Self::load(&HashMap::from([(
+            "ZIRAAI_CONFIG_DIR".to_owned(),
+            String::new(),
+        )])) {
+            Ok(c) => c,
+            // The built-in defaults are valid for development; the unit tests prove it.
+            Err(e) => panic!("built-in development defaults are invalid: {e}"),
+        }
+    }
+}

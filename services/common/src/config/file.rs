@@ -1,0 +1,56 @@
+//! The per-environment file layer (`infra/config/<env>.toml`).
+//!
+//! Every field is optional (the file overrides defaults key by key) and unknown keys
+//! are refused, so a typo fails at start-up instead of being silently ignored.
+//! Secrets have no key here on purpose: they come from variables or `*_FILE` only.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    #[serde(default)]
+    pub(super) nats: NatsFile,
+    #[serde(default)]
+    pub(super) gateway: GatewayFile,
+    #[serde(default)]
+    pub(super) worker: WorkerFile,
+    #[serde(default)]
+    pub(super) log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NatsFile {
+    pub(super) url: Option<String>,
+    pub(super) creds_file: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatewayFile {
+    pub(super) listen: Option<String>,
+    pub(super) allowed_origins: Option<Vec<String>>,
+    pub(super) outbound_queue: Option<usize>,
+    pub(super) max_client_frame: Option<usize>,
+    pub(super) write_timeout: Option<String>,
+    pub(super) ping_interval: Option<String>,
+    pub(super) shutdown_grace: Option<String>,
+    pub(super) subscribe_timeout: Option<String>,
+    pub(super) demo_page: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WorkerFile {
+    pub(super) demo_user: Option<String>,
+    pub(super) demo_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogFile {
+    pub(super) format: Option<String>,
+}

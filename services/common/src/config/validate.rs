@@ -1,0 +1,382 @@
+//! Assembles the layers and applies the rules of each environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::file::FileConfig;
+use super::parse::{parse_bool, parse_duration, split_list};
+use super::*;
+
+/// Every variable the services read. Others starting with `ZIRAAI_` get a warning.
+const KNOWN_VARS: &[&str] = &[
+    "ZIRAAI_ENV",
+    "ZIRAAI_CONFIG_DIR",
+    "ZIRAAI_NATS_URL",
+    "ZIRAAI_NATS_CREDS_FILE",
+    "ZIRAAI_NATS_TOKEN",
+    "ZIRAAI_NATS_TOKEN_FILE",
+    "ZIRAAI_NATS_USER",
+    "ZIRAAI_NATS_PASSWORD",
+    "ZIRAAI_NATS_PASSWORD_FILE",
+    "ZIRAAI_NATS_CONNECT_TIMEOUT",
+    "ZIRAAI_JWT_SECRET",
+    "ZIRAAI_JWT_SECRET_FILE",
+    "ZIRAAI_GATEWAY_LISTEN",
+    "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
+    "ZIRAAI_GATEWAY_OUTBOUND_QUEUE",
+    "ZIRAAI_GATEWAY_MAX_CLIENT_FRAME",
+    "ZIRAAI_GATEWAY_WRITE_TIMEOUT",
+    "ZIRAAI_GATEWAY_PING_INTERVAL",
+    "ZIRAAI_GATEWAY_SHUTDOWN_GRACE",
+    "ZIRAAI_GATEWAY_SUBSCRIBE_TIMEOUT",
+    "ZIRAAI_GATEWAY_DEMO_PAGE",
+    "ZIRAAI_DEMO_USER",
+    "ZIRAAI_DEMO_INTERVAL",
+    "ZIRAAI_LOG_FORMAT",
+];
+
+/// Collects problems instead of stopping at the first.
+struct Loader<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: Vec<String>,
+}
+
+impl Loader<'_> {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Variable wins over the file value; `parse` turns text into the type.
+    fn pick<T>(
+        &mut self,
+        var: &str,
+        file: Option<String>,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> T {
+        let (source, raw) = match (self.var(var), file) {
+            (Some(v), _) => (var.to_owned(), v.to_owned()),
+            (None, Some(f)) => (format!("{var} (from the config file)"), f),
+            (None, None) => return default,
+        };
+        match parse(&raw) {
+            Ok(v) => v,
+            Err(e) => {
+                self.errors.push(format!("{source}: {e}"));
+                default
+            }
+        }
+    }
+
+    /// A secret from `NAME` or from the file named by `NAME_FILE` (not both).
+    fn secret(&mut self, name: &str) -> Option<SecretString> {
+        let file_var = format!("{name}_FILE");
+        match (self.var(name), self.var(&file_var)) {
+            (Some(_), Some(_)) => {
+                self.errors
+                    .push(format!("set {name} or {file_var}, not both"));
+                None
+            }
+            (Some(v), None) => Some(SecretString::from(v.to_owned())),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(s) => Some(SecretString::from(
+                    s.trim_end_matches(['\r', '\n']).to_owned(),
+                )),
+                Err(e) => {
+                    self.errors
+                        .push(format!("{file_var}: cannot read {path:?}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+}
+
+fn parse_positive(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{raw:?} is not a positive integer")),
+    }
+}
+
+fn parse_nonzero_duration(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if d.is_zero() {
+        return Err(format!("{raw:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn read_file_layer(env: Environment, vars: &HashMap<String, String>) -> Result<FileConfig, String> {
+    let path: PathBuf = match vars.get("ZIRAAI_CONFIG_DIR") {
+        Some(dir) if dir.is_empty() => return Ok(FileConfig::default()),
+        Some(dir) => {
+            let p = Path::new(dir).join(format!("{}.toml", env.as_str()));
+            if !p.exists() {
+                return Err(format!("ZIRAAI_CONFIG_DIR: {} does not exist", p.display()));
+            }
+            p
+        }
+        None => {
+            let p = Path::new("infra/config").join(format!("{}.toml", env.as_str()));
+            if !p.exists() {
+                return Ok(FileConfig::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+    let mut l = Loader {
+        vars,
+        errors: Vec::new(),
+    };
+    let mut warnings = Vec::new();
+
+    let env = match vars.get("ZIRAAI_ENV").filter(|v| !v.is_empty()) {
+        None => Environment::Development,
+        Some(raw) => Environment::parse(raw).unwrap_or_else(|| {
+            l.errors.push(format!(
+                "ZIRAAI_ENV: {raw:?} is not one of development, staging, production"
+            ));
+            Environment::Development
+        }),
+    };
+    let file = read_file_layer(env, vars).unwrap_or_else(|e| {
+        l.errors.push(e);
+        FileConfig::default()
+    });
+
+    let nats = NatsConfig {
+        urls: l.pick(
+            "ZIRAAI_NATS_URL",
+            file.nats.url,
+            vec![DEFAULT_NATS_URL.into()],
+            |s| {
+                let urls = split_list(s);
+                if urls.is_empty() {
+                    Err("no URL given".into())
+                } else {
+                    Ok(urls)
+                }
+            },
+        ),
+        creds_file: l
+            .var("ZIRAAI_NATS_CREDS_FILE")
+            .map(str::to_owned)
+            .or(file.nats.creds_file)
+            .map(PathBuf::from),
+        token: l.secret("ZIRAAI_NATS_TOKEN"),
+        user: l
+            .var("ZIRAAI_NATS_USER")
+            .map(str::to_owned)
+            .or(file.nats.user),
+        password: l.secret("ZIRAAI_NATS_PASSWORD"),
+        connect_timeout: l.pick(
+            "ZIRAAI_NATS_CONNECT_TIMEOUT",
+            file.nats.connect_timeout,
+            DEFAULT_NATS_CONNECT_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+    };
+
+    let g = file.gateway;
+    let gateway = GatewayConfig {
+        listen: l.pick(
+            "ZIRAAI_GATEWAY_LISTEN",
+            g.listen,
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            |s| {
+                s.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080"))
+            },
+        ),
+        allowed_origins: l.pick(
+            "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
+            g.allowed_origins.map(|v| v.join(",")),
+            match env {
+                Environment::Development => vec!["*".into()],
+                _ => Vec::new(),
+            },
+            |s| Ok(split_list(s)),
+        ),
+        outbound_queue: l.pick(
+            "ZIRAAI_GATEWAY_OUTBOUND_QUEUE",
+            g.outbound_queue.map(|n| n.to_string()),
+            DEFAULT_OUTBOUND_QUEUE,
+            parse_positive,
+        ),
+        max_client_frame: l.pick(
+            "ZIRAAI_GATEWAY_MAX_CLIENT_FRAME",
+            g.max_client_frame.map(|n| n.to_string()),
+            DEFAULT_MAX_CLIENT_FRAME,
+            parse_positive,
+        ),
+        write_timeout: l.pick(
+            "ZIRAAI_GATEWAY_WRITE_TIMEOUT",
+            g.write_timeout,
+            DEFAULT_WRITE_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        ping_interval: l.pick(
+            "ZIRAAI_GATEWAY_PING_INTERVAL",
+            g.ping_interval,
+            DEFAULT_PING_INTERVAL,
+            parse_nonzero_duration,
+        ),
+        shutdown_grace: l.pick(
+            "ZIRAAI_GATEWAY_SHUTDOWN_GRACE",
+            g.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            parse_duration,
+        ),
+        subscribe_timeout: l.pick(
+            "ZIRAAI_GATEWAY_SUBSCRIBE_TIMEOUT",
+            g.subscribe_timeout,
+            DEFAULT_SUBSCRIBE_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        demo_page: l.pick(
+            "ZIRAAI_GATEWAY_DEMO_PAGE",
+            g.demo_page.map(|b| b.to_string()),
+            env == Environment::Development,
+            parse_bool,
+        ),
+    };
+
+    let worker = WorkerConfig {
+        demo_user: l.pick(
+            "ZIRAAI_DEMO_USER",
+            file.worker.demo_user,
+            DEFAULT_DEMO_USER.into(),
+            |s| {
+                ziraai_proto::UserId::parse(s)
+                    .map(|u| u.to_string())
+                    .map_err(|e| format!("{s:?} {e}"))
+            },
+        ),
+        demo_interval: l.pick(
+            "ZIRAAI_DEMO_INTERVAL",
+            file.worker.demo_interval,
+            DEFAULT_DEMO_INTERVAL,
+            parse_nonzero_duration,
+        ),
+    };
+
+    let log_format = l.pick(
+        "ZIRAAI_LOG_FORMAT",
+        file.log.format,
+        match env {
+            Environment::Development => LogFormat::Pretty,
+            _ => LogFormat::Json,
+        },
+        |s| match s.trim() {
+            "json" => Ok(LogFormat::Json),
+            "pretty" | "text" => Ok(LogFormat::Pretty),
+            _ => Err(format!("{s:?} is not json or pretty")),
+        },
+    );
+
+    let auth = match (l.secret("ZIRAAI_JWT_SECRET"), env) {
+        (Some(secret), _) => {
+            let s = secret.expose_secret();
+            if env != Environment::Development {
+                if s == DEV_JWT_SECRET {
+                    l.errors.push(format!(
+                        "ZIRAAI_JWT_SECRET is the built-in development secret; {} needs its own",
+                        env.as_str()
+                    ));
+                } else if s.len() < MIN_SECRET_BYTES {
+                    l.errors.push(format!(
+                        "ZIRAAI_JWT_SECRET is {} bytes; {} needs at least {MIN_SECRET_BYTES}",
+                        s.len(),
+                        env.as_str()
+                    ));
+                }
+            }
+            AuthConfig {
+                dev_secret: s == DEV_JWT_SECRET,
+                jwt_secret: secret,
+            }
+        }
+        (None, Environment::Development) => {
+            warnings.push(
+                "using the built-in development JWT secret; set ZIRAAI_JWT_SECRET for anything shared"
+                    .into(),
+            );
+            AuthConfig {
+                jwt_secret: SecretString::from(DEV_JWT_SECRET),
+                dev_secret: true,
+            }
+        }
+        (None, env) => {
+            l.errors.push(format!(
+                "ZIRAAI_JWT_SECRET (or ZIRAAI_JWT_SECRET_FILE) must be set in {}: at least {MIN_SECRET_BYTES} random bytes",
+                env.as_str()
+            ));
+            AuthConfig {
+                jwt_secret: SecretString::from(""),
+                dev_secret: false,
+            }
+        }
+    };
+
+    if env == Environment::Production {
+        if gateway.allowed_origins.iter().any(|o| o == "*") {
+            l.errors.push(
+                "ZIRAAI_GATEWAY_ALLOWED_ORIGINS: the wildcard \"*\" is refused in production; list the real origins"
+                    .into(),
+            );
+        }
+        if !nats.has_auth() {
+            l.errors.push(
+                "NATS credentials are required in production: set ZIRAAI_NATS_CREDS_FILE, ZIRAAI_NATS_TOKEN, or ZIRAAI_NATS_USER with ZIRAAI_NATS_PASSWORD"
+                    .into(),
+            );
+        }
+    }
+    if env != Environment::Development && gateway.demo_page {
+        l.errors
+            .push("ZIRAAI_GATEWAY_DEMO_PAGE: the demo page is development-only".into());
+    }
+
+    let mut unknown: Vec<&String> = vars
+        .keys()
+        .filter(|k| k.starts_with("ZIRAAI_") && !KNOWN_VARS.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    warnings.extend(
+        unknown
+            .into_iter()
+            .map(|k| format!("unknown variable {k} is ignored")),
+    );
+
+    if !l.errors.is_empty() {
+        return Err(ConfigErrors(l.errors));
+    }
+    Ok(Config {
+        env,
+        nats,
+        gateway,
+        auth,
+        worker,
+        log_format,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
