@@ -1,1 +1,168 @@
-//! placeholder
+//! ZiraAI Realtime gateway: stateless WebSocket edge of the notification pipeline.
+//!
+//! [`App::build`] connects to NATS, applies the stream definitions and binds the
+//! listener; [`App::run_until_stopped`] serves until the shutdown future resolves,
+//! then closes every socket with 1012 and waits for them within the grace period.
+//! `main.rs` and the end-to-end tests drive this same code.
+
+pub mod auth;
+pub mod delivery;
+mod demo;
+mod http;
+pub mod hub;
+pub mod session;
+pub mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ziraai_common::config::{Config, Environment, GatewayConfig};
+use ziraai_common::nats;
+
+use crate::auth::Authenticator;
+use crate::delivery::Stats;
+use crate::hub::Hub;
+
+/// State shared by every request handler.
+pub(crate) struct AppState {
+    pub(crate) env: Environment,
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) auth: Authenticator,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stats: Arc<Stats>,
+    /// Cancelled when shutdown starts: readiness turns 503, sockets close.
+    pub(crate) shutdown: CancellationToken,
+    /// Every socket session and user channel task.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) gateway_id: String,
+    /// Present in development with the demo page on: the secret to mint demo tokens.
+    pub(crate) demo: Option<demo::Demo>,
+}
+
+/// A bound, connected gateway, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl App {
+    /// Connects to NATS, applies the stream definitions, binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let gateway_id = format!("gw-{}", nuid::next());
+        let client = nats::connect(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;
+        let js = jetstream::new(client.clone());
+        nats::apply_notify_streams(&js).await?;
+        let listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+        let tracker = TaskTracker::new();
+        let stats = Arc::new(Stats::default());
+        let demo = (config.env == Environment::Development && config.gateway.demo_page)
+            .then(|| demo::Demo::new(&config));
+        let state = Arc::new(AppState {
+            env: config.env,
+            auth: Authenticator::new(&config.auth.jwt_secret),
+            hub: Hub::new(client.clone(), tracker.clone(), stats.clone()),
+            cfg: config.gateway,
+            client,
+            js,
+            stats,
+            shutdown: CancellationToken::new(),
+            tracker,
+            connections: AtomicUsize::new(0),
+            gateway_id,
+            demo,
+        });
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// This gateway's id (in logs, `/health` and connection ids).
+    pub fn gateway_id(&self) -> &str {
+        &self.state.gateway_id
+    }
+
+    /// Handle to observe the running gateway from tests.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then drains: refuse new upgrades, close every
+    /// socket with 1012, wait for them up to the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let router = http::router(state.clone());
+        let stop = state.shutdown.clone();
+        let serve = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("draining: refusing new sockets, closing open ones with 1012");
+            stop.cancel();
+        });
+        serve.await.context("HTTP server failed")?;
+        state.tracker.close();
+        let grace = state.cfg.shutdown_grace;
+        if tokio::time::timeout(grace, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                remaining = state.tracker.len(),
+                "sockets still open after the grace period; exiting anyway"
+            );
+        }
+        if let Err(e) = state.client.drain().await {
+            tracing::debug!(error = %e, "NATS drain failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Read-only view of a running gateway, for tests and diagnostics.
+#[derive(Clone)]
+pub struct Probe {
+    state: Arc<AppState>,
+}
+
+impl Probe {
+    /// Users with a live subscription on this gateway.
+    pub fn users(&self) -> usize {
+        self.state.hub.users()
+    }
+
+    /// Whether this gateway holds a subscription for `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        ziraai_proto::UserId::parse(user).is_ok_and(|u| self.state.hub.has_user(&u))
+    }
+
+    /// Open sockets.
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,1 +1,134 @@
-fn main() {}
+//! `ziraai-worker`: publish one analysis outcome, or run the demo producer.
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use ziraai_common::{Config, nats, shutdown, telemetry};
+use ziraai_proto::UserId;
+use ziraai_proto::analysis::{AnalysisError, AnalysisId, AnalysisOutcome};
+use ziraai_worker::Publisher;
+
+#[derive(Parser)]
+#[command(name = "ziraai-worker", version, about = "ZiraAI Realtime worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish one analysis outcome, wait for the PubAck, print the stream sequence.
+    Publish {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        analysis: String,
+        /// Publish analysis.failed instead of analysis.completed.
+        #[arg(long)]
+        failed: bool,
+        /// Error message of a failed analysis.
+        #[arg(long, requires = "failed")]
+        error: Option<String>,
+        /// Error code of a failed analysis.
+        #[arg(long, default_value = "analysis_failed", requires = "failed")]
+        code: String,
+        /// Result of a completed analysis, as JSON.
+        #[arg(long, conflicts_with = "failed")]
+        result: Option<String>,
+    },
+    /// Publish a sample event for the demo user every few seconds until stopped.
+    Demo,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ziraai-worker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    match run(cli.command, config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ziraai-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let outcome = match &command {
+        Command::Publish {
+            user,
+            analysis,
+            failed,
+            error,
+            code,
+            result,
+        } => {
+            let user = UserId::parse(user).map_err(|e| anyhow::anyhow!("--user {user:?} {e}"))?;
+            let id = AnalysisId::from_arg(analysis);
+            Some(if *failed {
+                let message = error.clone().unwrap_or_else(|| "analysis failed".into());
+                AnalysisOutcome::failed(
+                    id,
+                    user,
+                    AnalysisError {
+                        code: code.clone(),
+                        message,
+                    },
+                )
+            } else {
+                let result = match result {
+                    Some(raw) => serde_json::from_str(raw).context("--result is not JSON")?,
+                    None => serde_json::json!({}),
+                };
+                AnalysisOutcome::completed(id, user, result)
+            })
+        }
+        Command::Demo => None,
+    };
+    let client = nats::connect(&config.nats, "ziraai-worker").await?;
+    let js = jetstream::new(client.clone());
+    nats::apply_notify_streams(&js).await?;
+    let publisher = Publisher::new(js);
+    match outcome {
+        Some(outcome) => {
+            let published = publisher.publish_outcome(&outcome).await?;
+            eprintln!(
+                "published {} {} as {}{}",
+                outcome.kind(),
+                outcome.user_id().notify_subject(),
+                outcome.event_id(),
+                if published.duplicate {
+                    " (duplicate: already stored)"
+                } else {
+                    ""
+                }
+            );
+            println!("{}", published.seq);
+        }
+        None => {
+            let user = UserId::parse(&config.worker.demo_user)
+                .map_err(|e| anyhow::anyhow!("demo user {e}"))?;
+            tracing::info!(user = %user, interval = ?config.worker.demo_interval, "demo producer started");
+            let stop = CancellationToken::new();
+            let signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown::signal().await;
+                signal.cancel();
+            });
+            ziraai_worker::demo::run(publisher, user, config.worker.demo_interval, stop).await;
+        }
+    }
+    client.flush().await.context("flushing NATS")?;
+    Ok(())
+}

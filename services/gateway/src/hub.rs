@@ -1,0 +1,264 @@
+//! The hub: one NATS subscription per locally connected user, fanned out to that
+//! user's sockets.
+//!
+//! The first socket of a user creates a [`UserChannel`] and its task, which
+//! subscribes to `live.<userId>`; later sockets of the same user join it; the last
+//! one to leave cancels the task, which drops (unsubscribes) the subscription. Each
+//! event is decoded once and encoded at most once per protocol, then handed to every
+//! socket's bounded queue with `try_send`: a full queue closes that socket as a slow
+//! consumer instead of growing memory or delaying the others.
+//!
+//! Locks are `std` mutexes held only for map and vector operations, never across an
+//! await. Lock order: `users` before a channel's `sockets`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::Client;
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ziraai_proto::{Protocol, ServerFrame, UserId};
+
+use crate::delivery::{Stats, decode_event};
+use crate::session::{CloseReason, SocketCtl};
+
+/// Why a socket could not join its user's channel.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("subscribing to the user's live subject failed")]
+    SubscribeFailed,
+    #[error("subscribing to the user's live subject timed out")]
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    Pending,
+    Ready,
+    Failed,
+}
+
+struct Slot {
+    id: u64,
+    protocol: Protocol,
+    tx: mpsc::Sender<Message>,
+    ctl: Arc<SocketCtl>,
+}
+
+struct UserChannel {
+    user: UserId,
+    sockets: Mutex<Vec<Slot>>,
+    state: watch::Sender<SubState>,
+    stop: CancellationToken,
+}
+
+/// Registry of the users connected to this gateway.
+pub struct Hub {
+    client: Client,
+    users: Mutex<HashMap<UserId, Arc<UserChannel>>>,
+    next_socket: AtomicU64,
+    tracker: TaskTracker,
+    stats: Arc<Stats>,
+}
+
+/// A socket's place in its user's channel.
+pub struct Membership {
+    /// Leaves the channel when dropped.
+    pub guard: LeaveGuard,
+    /// Frames the hub queued for this socket.
+    pub rx: mpsc::Receiver<Message>,
+    /// Lets the hub close this socket (slow consumer) and records its acks.
+    pub ctl: Arc<SocketCtl>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind (a map or a
+    // vector), still consistent enough to keep serving; recover instead of cascading.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    pub fn new(client: Client, tracker: TaskTracker, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            users: Mutex::new(HashMap::new()),
+            next_socket: AtomicU64::new(1),
+            tracker,
+            stats,
+        })
+    }
+
+    /// Number of users with at least one socket here (= live subscriptions).
+    pub fn users(&self) -> usize {
+        lock(&self.users).len()
+    }
+
+    /// Whether this gateway currently holds a channel for `user`.
+    pub fn has_user(&self, user: &UserId) -> bool {
+        lock(&self.users).contains_key(user)
+    }
+
+    /// Adds a socket for `user` with an outbound queue of `queue` frames.
+    pub fn join(self: &Arc<Self>, user: UserId, protocol: Protocol, queue: usize) -> Membership {
+        let (tx, rx) = mpsc::channel(queue);
+        let ctl = Arc::new(SocketCtl::default());
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        let mut users = lock(&self.users);
+        let channel = users
+            .entry(user)
+            .or_insert_with_key(|user| {
+                let channel = Arc::new(UserChannel {
+                    user: user.clone(),
+                    sockets: Mutex::new(Vec::new()),
+                    state: watch::Sender::new(SubState::Pending),
+                    stop: CancellationToken::new(),
+                });
+                self.tracker.spawn(run_channel(
+                    self.client.clone(),
+                    channel.clone(),
+                    self.stats.clone(),
+                ));
+                channel
+            })
+            .clone();
+        lock(&channel.sockets).push(Slot {
+            id,
+            protocol,
+            tx,
+            ctl: ctl.clone(),
+        });
+        drop(users);
+        Membership {
+            guard: LeaveGuard {
+                hub: self.clone(),
+                channel,
+                id,
+            },
+            rx,
+            ctl,
+        }
+    }
+
+    fn leave(&self, channel: &Arc<UserChannel>, id: u64) {
+        let mut users = lock(&self.users);
+        let mut sockets = lock(&channel.sockets);
+        sockets.retain(|s| s.id != id);
+        if sockets.is_empty() {
+            if users
+                .get(&channel.user)
+                .is_some_and(|cur| Arc::ptr_eq(cur, channel))
+            {
+                users.remove(&channel.user);
+            }
+            channel.stop.cancel();
+        }
+    }
+}
+
+/// Leaving happens on drop, so no path (error, panic, cancelled upgrade) can leave a
+/// subscription behind.
+pub struct LeaveGuard {
+    hub: Arc<Hub>,
+    channel: Arc<UserChannel>,
+    id: u64,
+}
+
+impl LeaveGuard {
+    /// Waits until the user's subscription is in place on the server, so nothing
+    /// published after this returns can be missed.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), JoinError> {
+        let mut rx = self.channel.state.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| *s != SubState::Pending)).await;
+        match waited {
+            Err(_) => Err(JoinError::TimedOut),
+            Ok(Err(_)) => Err(JoinError::SubscribeFailed),
+            Ok(Ok(state)) if *state == SubState::Ready => Ok(()),
+            Ok(Ok(_)) => Err(JoinError::SubscribeFailed),
+        }
+    }
+
+    /// This socket's id, unique within the gateway.
+    pub fn socket_id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for LeaveGuard {
+    fn drop(&mut self) {
+        self.hub.leave(&self.channel, self.id);
+    }
+}
+
+/// The task of one user channel: subscribe, mark ready, fan out until stopped.
+async fn run_channel(client: Client, channel: Arc<UserChannel>, stats: Arc<Stats>) {
+    let subject = channel.user.live_subject();
+    let subscribed = tokio::select! {
+        _ = channel.stop.cancelled() => return,
+        r = async {
+            let sub = client.subscribe(subject.clone()).await?;
+            // The server has processed the SUB once it answers this PING.
+            client.flush().await?;
+            Ok::<_, async_nats::Error>(sub)
+        } => r,
+    };
+    let mut sub = match subscribed {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::warn!(%subject, error = %e, "subscribe failed");
+            channel.state.send_replace(SubState::Failed);
+            return;
+        }
+    };
+    channel.state.send_replace(SubState::Ready);
+    tracing::debug!(%subject, "subscribed");
+    loop {
+        tokio::select! {
+            biased;
+            _ = channel.stop.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(msg) => fan_out(&channel, &msg, &stats),
+                None => break,
+            },
+        }
+    }
+    if let Err(e) = sub.unsubscribe().await {
+        tracing::debug!(%subject, error = %e, "unsubscribe failed (connection gone)");
+    }
+    tracing::debug!(%subject, "unsubscribed");
+}
+
+fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
+    let Some(event) = decode_event(msg, stats) else {
+        return;
+    };
+    let frame = ServerFrame::Event(event);
+    let (mut json, mut packed) = (None::<Message>, None::<Message>);
+    let sockets = lock(&channel.sockets);
+    for slot in sockets.iter() {
+        let m = match slot.protocol {
+            Protocol::Json => json
+                .get_or_insert_with(|| Message::Text(frame.to_json().into()))
+                .clone(),
+            Protocol::MsgPack => packed
+                .get_or_insert_with(|| Message::Binary(Bytes::from(frame.to_msgpack())))
+                .clone(),
+        };
+        match slot.tx.try_send(m) {
+            Ok(()) => stats.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if slot.ctl.close(CloseReason::SlowConsumer) {
+                    stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+                0
+            }
+            // The socket is ending; its membership leaves on drop.
+            Err(mpsc::error::TrySendError::Closed(_)) => 0,
+        };
+    }
+}
