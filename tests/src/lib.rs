@@ -1,1 +1,172 @@
-//! placeholder
+//! End-to-end harness: a real pinned `nats-server` per test (random port, own store
+//! dir, killed on drop), gateways built in-process on `127.0.0.1:0`, real WebSocket
+//! clients, and helpers that wait for conditions with deadlines instead of sleeping.
+
+mod client;
+mod nats_server;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use ziraai_common::Config;
+use ziraai_gateway::{App, Probe};
+use ziraai_proto::UserId;
+use ziraai_proto::analysis::{AnalysisId, AnalysisOutcome};
+use ziraai_worker::{Published, Publisher};
+
+pub use client::{Refused, WsClient};
+pub use nats_server::{NatsServer, PINNED_VERSION};
+
+/// Default bound of one awaited step in a test.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `fut` for at most `STEP`, failing the test with `what` on time-out.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP:?} waiting for {what}"),
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after `STEP`.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// A random valid user id, so tests never share subjects by accident.
+pub fn user(prefix: &str) -> UserId {
+    UserId::parse(&format!("{prefix}-{}", nuid::next())).expect("generated ids are valid")
+}
+
+/// A token for `user` signed with the development secret the test gateways use.
+pub fn token(user: &UserId) -> String {
+    ziraai_gateway::auth::mint(&Config::development().auth.jwt_secret, user.as_str(), 600)
+}
+
+/// Configuration of a test gateway on `nats`, with `extra` variables applied.
+pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("ZIRAAI_CONFIG_DIR".into(), String::new()),
+        ("ZIRAAI_NATS_URL".into(), nats.url()),
+        ("ZIRAAI_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
+        ("ZIRAAI_GATEWAY_SHUTDOWN_GRACE".into(), "5s".into()),
+    ]);
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    Config::load(&vars).expect("test configuration is valid")
+}
+
+/// A gateway running in-process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub probe: Probe,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway on `nats` with default test settings.
+    pub async fn start(nats: &NatsServer) -> Self {
+        Self::start_with(gateway_config(nats, &[])).await
+    }
+
+    /// Starts a gateway with `config`.
+    pub async fn start_with(config: Config) -> Self {
+        let app = within("gateway build", App::build(config))
+            .await
+            .expect("gateway builds");
+        let addr = app.local_addr().expect("bound");
+        let probe = app.probe();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            probe,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `ws://…/ws` of this gateway.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Triggers graceful shutdown and waits for it to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().context("already stopped")?;
+        within("gateway shutdown", task)
+            .await
+            .context("gateway task panicked")?
+    }
+
+    /// `GET path` on this gateway: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET (the health endpoints need no more).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    within("HTTP GET", async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+}
+
+/// Publishes a completed analysis for `user` through the worker's `Publisher`.
+pub async fn publish_completed(
+    publisher: &Publisher,
+    user: &UserId,
+    result: serde_json::Value,
+) -> (AnalysisOutcome, Published) {
+    let outcome = AnalysisOutcome::completed(
+        AnalysisId::Text(nuid::next().to_string()),
+        user.clone(),
+        result,
+    );
+    let published = within("publish", publisher.publish_outcome(&outcome))
+        .await
+        .expect("published");
+    (outcome, published)
+}

@@ -17,7 +17,7 @@ pub struct Stats {
     pub delivered: AtomicU64,
     /// Live messages skipped because they were not valid events.
     pub malformed: AtomicU64,
-    /// Sockets closed because their queue was full.
+    /// Sockets closed because they could not keep up (queue full or write timed out).
     pub slow_consumers: AtomicU64,
 }
 

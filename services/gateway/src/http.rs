@@ -20,7 +20,7 @@ use ziraai_proto::{Protocol, ServerFrame};
 
 use crate::AppState;
 use crate::auth::token_from;
-use crate::session::{self, SessionLimits};
+use crate::session::{self, CloseReason, SessionLimits};
 
 /// Socket read buffer: clients only send small frames (see stack notes: 128 KiB
 /// defaults cost about 133 KiB of RSS per idle socket).
@@ -164,6 +164,9 @@ async fn ws_upgrade(
         )
         .await;
         app.connections.fetch_sub(1, Ordering::Relaxed);
+        if end == Some(CloseReason::SlowConsumer) {
+            app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
     })
 }

@@ -61,6 +61,9 @@ struct UserChannel {
 /// Registry of the users connected to this gateway.
 pub struct Hub {
     client: Client,
+    /// Subject nobody subscribes to: a request on it proves the server has processed
+    /// everything this connection sent before (see [`barrier`]).
+    barrier_subject: String,
     users: Mutex<HashMap<UserId, Arc<UserChannel>>>,
     next_socket: AtomicU64,
     tracker: TaskTracker,
@@ -84,9 +87,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(client: Client, tracker: TaskTracker, stats: Arc<Stats>) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        gateway_id: &str,
+        tracker: TaskTracker,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client,
+            barrier_subject: format!("_ZIRAAI.barrier.{gateway_id}"),
             users: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(1),
             tracker,
@@ -121,6 +130,7 @@ impl Hub {
                 });
                 self.tracker.spawn(run_channel(
                     self.client.clone(),
+                    self.barrier_subject.clone(),
                     channel.clone(),
                     self.stats.clone(),
                 ));
@@ -196,14 +206,18 @@ impl Drop for LeaveGuard {
 }
 
 /// The task of one user channel: subscribe, mark ready, fan out until stopped.
-async fn run_channel(client: Client, channel: Arc<UserChannel>, stats: Arc<Stats>) {
+async fn run_channel(
+    client: Client,
+    barrier_subject: String,
+    channel: Arc<UserChannel>,
+    stats: Arc<Stats>,
+) {
     let subject = channel.user.live_subject();
     let subscribed = tokio::select! {
         _ = channel.stop.cancelled() => return,
         r = async {
             let sub = client.subscribe(subject.clone()).await?;
-            // The server has processed the SUB once it answers this PING.
-            client.flush().await?;
+            barrier(&client, &barrier_subject).await?;
             Ok::<_, async_nats::Error>(sub)
         } => r,
     };
@@ -233,6 +247,20 @@ async fn run_channel(client: Client, channel: Arc<UserChannel>, stats: Arc<Stats
     tracing::debug!(%subject, "unsubscribed");
 }
 
+/// Returns once the server has processed every command this client sent before.
+///
+/// `Client::flush` only writes the buffer to the socket; it does not wait for the
+/// server. A request to a subject without subscribers is answered by the server
+/// itself ("no responders") after it has handled our earlier `SUB`, since it reads a
+/// connection's commands in order. From then on the subscription gets every message.
+async fn barrier(client: &Client, subject: &str) -> Result<(), async_nats::Error> {
+    match client.request(subject.to_owned(), Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
     let Some(event) = decode_event(msg, stats) else {
         return;
@@ -252,9 +280,7 @@ fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
         match slot.tx.try_send(m) {
             Ok(()) => stats.delivered.fetch_add(1, Ordering::Relaxed),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if slot.ctl.close(CloseReason::SlowConsumer) {
-                    stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                }
+                slot.ctl.close(CloseReason::SlowConsumer);
                 0
             }
             // The socket is ending; its membership leaves on drop.

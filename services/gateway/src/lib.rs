@@ -72,7 +72,7 @@ impl App {
         let state = Arc::new(AppState {
             env: config.env,
             auth: Authenticator::new(&config.auth.jwt_secret),
-            hub: Hub::new(client.clone(), tracker.clone(), stats.clone()),
+            hub: Hub::new(client.clone(), &gateway_id, tracker.clone(), stats.clone()),
             cfg: config.gateway,
             client,
             js,

@@ -13,7 +13,7 @@ use crate::Publisher;
 /// Sample outcome number `n`: mostly completed, every fifth one failed.
 pub fn sample(user: &UserId, run: &str, n: u64) -> AnalysisOutcome {
     let id = AnalysisId::Text(format!("demo-{run}-{n}"));
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         AnalysisOutcome::failed(
             id,
             user.clone(),
@@ -28,7 +28,7 @@ pub fn sample(user: &UserId, run: &str, n: u64) -> AnalysisOutcome {
             user.clone(),
             json!({
                 "plant": "tomato",
-                "disease": if n % 2 == 0 { "early blight" } else { "healthy" },
+                "disease": if n.is_multiple_of(2) { "early blight" } else { "healthy" },
                 "confidence": 0.9,
                 "demo": true
             }),

@@ -1,0 +1,151 @@
+//! A real `nats-server` for one test: pinned binary, random port, own store dir.
+//!
+//! The binary is the one `make` provisions (`ZIRAAI_TEST_NATS_SERVER`, else
+//! `.tools/nats-server-<version>/bin/nats-server` in the workspace). The port comes
+//! from the server's ports file (`-p -1`), so there is no race for a free port.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// The pinned version, as `infra/scripts/ensure-nats-server.sh` installs it.
+pub const PINNED_VERSION: &str = "2.15.1";
+
+/// A running (or stopped) nats-server owned by the test.
+pub struct NatsServer {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+}
+
+fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZIRAAI_TEST_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".tools")
+        .join(format!("nats-server-{PINNED_VERSION}"))
+        .join("bin")
+        .join("nats-server");
+    assert!(
+        p.exists(),
+        "pinned nats-server not found at {}: run `make nats-server` (make test does it)",
+        p.display()
+    );
+    p
+}
+
+impl NatsServer {
+    /// Starts a server on a random loopback port with JetStream in a fresh store dir.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Self {
+            dir,
+            child: None,
+            port: 0,
+            monitor_port: 0,
+        };
+        s.spawn("-1").await;
+        s
+    }
+
+    async fn spawn(&mut self, port: &str) {
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let child = Command::new(binary())
+            .args(["-a", "127.0.0.1", "-p", port, "-m", "-1", "-js", "-sd"])
+            .arg(self.dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((port, monitor)) = read_ports(&ports_dir) {
+                self.port = port;
+                self.monitor_port = monitor;
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not write its ports file; log: {}",
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET path` on the server's monitoring port, as JSON.
+    pub async fn monitor(&self, path: &str) -> serde_json::Value {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
+        let (status, body) = crate::http_get(addr, path).await;
+        assert_eq!(status, 200, "monitoring {path}: {body}");
+        serde_json::from_str(&body).expect("monitoring JSON")
+    }
+
+    /// A client connection for the test itself.
+    pub async fn client(&self) -> async_nats::Client {
+        crate::within("test NATS client", async_nats::connect(self.url()))
+            .await
+            .expect("connects to the test server")
+    }
+
+    /// The worker's publisher on this server (streams applied).
+    pub async fn publisher(&self) -> ziraai_worker::Publisher {
+        let js = async_nats::jetstream::new(self.client().await);
+        crate::within(
+            "apply streams",
+            ziraai_common::nats::apply_notify_streams(&js),
+        )
+        .await
+        .expect("streams applied");
+        ziraai_worker::Publisher::new(js)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = crate::within("nats-server exit", child.wait()).await;
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let port = self.port.to_string();
+        self.spawn(&port).await;
+    }
+}
+
+fn read_ports(dir: &std::path::Path) -> Option<(u16, u16)> {
+    let entry = std::fs::read_dir(dir).ok()?.flatten().next()?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let port = |key: &str| -> Option<u16> { v[key][0].as_str()?.rsplit(':').next()?.parse().ok() };
+    Some((port("nats")?, port("monitoring")?))
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
