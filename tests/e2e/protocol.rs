@@ -38,46 +38,41 @@ async fn each_bad_frame_gets_an_error_frame_and_its_close_code_and_spares_others
     let mut other = WsClient::open(&gw.ws_url(), &bystander).await;
     let mut same_user = WsClient::open(&gw.ws_url(), &victim).await;
 
-    let cases: Vec<(&str, Box<dyn Fn() -> (bool, Vec<u8>)>, &str, u16)> = vec![
-        (
-            "not JSON",
-            Box::new(|| (true, b"{nope".to_vec())),
-            "invalid_frame",
-            1007,
-        ),
+    let oversized = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(64 * 1024));
+    // (name, sent as text?, bytes, error code, close code)
+    let cases: Vec<(&str, bool, Vec<u8>, &str, u16)> = vec![
+        ("not JSON", true, b"{nope".to_vec(), "invalid_frame", 1007),
         (
             "not MessagePack",
-            Box::new(|| (false, vec![0xc1, 0xff])),
+            false,
+            vec![0xc1, 0xff],
             "invalid_frame",
             1007,
         ),
         (
             "unknown type",
-            Box::new(|| (true, br#"{"type":"subscribe","subject":">"}"#.to_vec())),
+            true,
+            br#"{"type":"subscribe","subject":">"}"#.to_vec(),
             "unsupported_frame",
             1008,
         ),
         (
             "ack without seq",
-            Box::new(|| (true, br#"{"type":"ack"}"#.to_vec())),
+            true,
+            br#"{"type":"ack"}"#.to_vec(),
             "unsupported_frame",
             1008,
         ),
         (
             "oversized",
-            Box::new(|| {
-                (
-                    true,
-                    format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(64 * 1024)).into_bytes(),
-                )
-            }),
+            true,
+            oversized.into_bytes(),
             "frame_too_large",
             1009,
         ),
     ];
-    for (name, make, code, close) in cases {
+    for (name, text, bytes, code, close) in cases {
         let mut c = WsClient::open(&gw.ws_url(), &victim).await;
-        let (text, bytes) = make();
         if text {
             c.send_text(&String::from_utf8(bytes).expect("utf8")).await;
         } else {
