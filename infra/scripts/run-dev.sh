@@ -60,6 +60,10 @@ else
   wait_for "nats-server" 10 answers "$nats_addr"
 fi
 
+if answers "$ZIRAAI_GATEWAY_LISTEN"; then
+  echo "something already listens on $ZIRAAI_GATEWAY_LISTEN (another make run?); stop it or set ZIRAAI_GATEWAY_LISTEN" >&2
+  exit 1
+fi
 target/debug/ziraai-gateway &
 pids+=($!)
 wait_for "gateway readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_GATEWAY_LISTEN/health/ready"

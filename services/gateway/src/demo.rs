@@ -19,6 +19,7 @@ const DEMO_TOKEN_TTL_SECS: i64 = 12 * 3600;
 pub(crate) struct Demo {
     secret: SecretString,
     user: String,
+    nats_url: String,
 }
 
 impl Demo {
@@ -26,6 +27,7 @@ impl Demo {
         Self {
             secret: config.auth.jwt_secret.clone(),
             user: config.worker.demo_user.clone(),
+            nats_url: config.nats.urls.first().cloned().unwrap_or_default(),
         }
     }
 }
@@ -38,6 +40,7 @@ pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Html<String> {
     Html(
         include_str!("demo.html")
             .replace("{{TOKEN}}", &token)
-            .replace("{{USER}}", &demo.user),
+            .replace("{{USER}}", &demo.user)
+            .replace("{{NATS_URL}}", &demo.nats_url),
     )
 }
