@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         bin.display()
     );
     let mut gateway = tokio::process::Command::new(&bin)
+        .env_remove("ZIRAAI_TEST_NATS_SERVER")
         .env("ZIRAAI_CONFIG_DIR", "")
         .env("ZIRAAI_NATS_URL", nats.url())
         .env("ZIRAAI_GATEWAY_LISTEN", &listen)
@@ -103,7 +104,9 @@ async fn main() -> anyhow::Result<()> {
     let pid = gateway.id().unwrap_or(0);
     let addr: std::net::SocketAddr = listen.parse()?;
     let ready_by = Instant::now() + Duration::from_secs(20);
-    while http_get(addr, "/health/ready").await.0 != 200 {
+    while tokio::net::TcpStream::connect(addr).await.is_err()
+        || http_get(addr, "/health/ready").await.0 != 200
+    {
         anyhow::ensure!(Instant::now() < ready_by, "gateway not ready in 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
