@@ -78,6 +78,19 @@ pub enum ServerFrame {
     Welcome {
         connection_id: String,
         user_id: String,
+        /// The socket receives every event with a sequence above this one.
+        #[serde(default)]
+        resumed_after: u64,
+        /// True when events after `resumedAfter` may have left the stream (retention)
+        /// before this device could receive them.
+        #[serde(default)]
+        gap: bool,
+        /// With `gap`: the oldest sequence still in the stream.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oldest_available: Option<u64>,
+        /// The device id the socket's cursor belongs to, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<String>,
     },
     Event(EventFrame),
     /// Answer to a client `ping`.
@@ -167,11 +180,28 @@ mod tests {
         let welcome = ServerFrame::Welcome {
             connection_id: "c1".into(),
             user_id: "u1".into(),
+            resumed_after: 41,
+            gap: false,
+            oldest_available: None,
+            device_id: Some("phone-1".into()),
         };
         assert_eq!(
             serde_json::to_value(&welcome).expect("json"),
-            json!({"type": "welcome", "connectionId": "c1", "userId": "u1"})
+            json!({"type": "welcome", "connectionId": "c1", "userId": "u1",
+                   "resumedAfter": 41, "gap": false, "deviceId": "phone-1"})
         );
+        // Older clients' view: the three original fields are enough to decode.
+        let minimal: ServerFrame =
+            serde_json::from_str(r#"{"type":"welcome","connectionId":"c","userId":"u"}"#)
+                .expect("decodes");
+        assert!(matches!(
+            minimal,
+            ServerFrame::Welcome {
+                resumed_after: 0,
+                gap: false,
+                ..
+            }
+        ));
         assert_eq!(
             serde_json::to_value(event()).expect("json"),
             json!({"type": "event", "seq": 7, "id": "evt-1", "kind": "analysis.completed",

@@ -40,6 +40,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to connect to NATS at start-up.
 pub const DEFAULT_NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest time between two cursor writes of one socket (acks in between coalesce).
+pub const DEFAULT_CURSOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Demo producer: user and interval.
 pub const DEFAULT_DEMO_USER: &str = "demo-farmer";
 pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(5);
@@ -112,6 +114,13 @@ pub struct GatewayConfig {
     pub subscribe_timeout: Duration,
     /// Serve `/demo` with a minted development token (development only).
     pub demo_page: bool,
+    /// Realtime switch of the rollback plan: when false, socket endpoints answer 503
+    /// and clients poll `/api/v1/notifications`.
+    pub realtime_enabled: bool,
+    /// Shortest interval between cursor writes of one socket.
+    pub cursor_flush_interval: Duration,
+    /// Record deliveries and acknowledgements in the `DELIVERY` stream.
+    pub delivery_tracking: bool,
 }
 
 /// Verification of client tokens.

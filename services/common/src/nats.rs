@@ -16,6 +16,14 @@ use crate::config::NatsConfig;
 pub const NOTIFY_STREAM_JSON: &str = include_str!("../../../nats/streams/NOTIFY.json");
 /// Name of the notification stream.
 pub const NOTIFY_STREAM: &str = "NOTIFY";
+/// `nats/streams/KV_CURSORS.json`: the backing stream of the KV bucket `CURSORS`.
+pub const CURSORS_STREAM_JSON: &str = include_str!("../../../nats/streams/KV_CURSORS.json");
+/// KV bucket of device cursors (`<userId>.<deviceId>` → last acknowledged sequence).
+pub const CURSORS_BUCKET: &str = "CURSORS";
+/// `nats/streams/DELIVERY.json`: delivery tracking records.
+pub const DELIVERY_STREAM_JSON: &str = include_str!("../../../nats/streams/DELIVERY.json");
+/// Name of the delivery tracking stream.
+pub const DELIVERY_STREAM: &str = "DELIVERY";
 /// Oldest server version we run on (stream RePublish, direct get, KV as used).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 
@@ -51,6 +59,18 @@ pub enum NatsSetupError {
 
 /// Connects with the configured credentials and checks the server version.
 pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, NatsSetupError> {
+    connect_observed(cfg, name).await.map(|(client, _)| client)
+}
+
+/// Like [`connect`], and also returns a counter bumped each time the connection is
+/// re-established after a loss, so callers can re-sync what they may have missed.
+pub async fn connect_observed(
+    cfg: &NatsConfig,
+    name: &str,
+) -> Result<(Client, tokio::sync::watch::Receiver<u64>), NatsSetupError> {
+    let (reconnects_tx, reconnects) = tokio::sync::watch::channel(0u64);
+    let reconnects_tx = std::sync::Arc::new(reconnects_tx);
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut opts = match &cfg.creds_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -73,6 +93,24 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, NatsSetupEr
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(6) as u32)).min(2_000))
+        })
+        .event_callback(move |event| {
+            let (reconnects_tx, lost) = (reconnects_tx.clone(), lost.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                match event {
+                    async_nats::Event::Connected if lost.swap(false, SeqCst) => {
+                        tracing::info!("NATS connection re-established");
+                        reconnects_tx.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, SeqCst);
+                        tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            }
         });
     let urls = cfg.urls.join(",");
     let client =
@@ -83,7 +121,7 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, NatsSetupEr
                 source,
             })?;
     check_version(&client, &urls)?;
-    Ok(client)
+    Ok((client, reconnects))
 }
 
 fn check_version(client: &Client, url: &str) -> Result<(), NatsSetupError> {
@@ -104,10 +142,11 @@ fn check_version(client: &Client, url: &str) -> Result<(), NatsSetupError> {
 
 /// The `NOTIFY` stream definition from `nats/streams/NOTIFY.json`.
 pub fn notify_stream_config() -> Result<stream::Config, NatsSetupError> {
-    serde_json::from_str(NOTIFY_STREAM_JSON).map_err(|source| NatsSetupError::BadDefinition {
-        name: NOTIFY_STREAM,
-        source,
-    })
+    definition(NOTIFY_STREAM, NOTIFY_STREAM_JSON)
+}
+
+fn definition(name: &'static str, json: &str) -> Result<stream::Config, NatsSetupError> {
+    serde_json::from_str(json).map_err(|source| NatsSetupError::BadDefinition { name, source })
 }
 
 /// Creates the stream, or updates it when the definition changed. Idempotent.
@@ -122,9 +161,12 @@ pub async fn apply_stream(
         .map_err(|source| NatsSetupError::Stream { name, source })
 }
 
-/// Applies every stream the notification path needs.
+/// Applies every stream the notification path needs: `NOTIFY`, the `CURSORS` bucket's
+/// stream and `DELIVERY`.
 pub async fn apply_notify_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
-    apply_stream(js, notify_stream_config()?).await
+    apply_stream(js, notify_stream_config()?).await?;
+    apply_stream(js, definition("KV_CURSORS", CURSORS_STREAM_JSON)?).await?;
+    apply_stream(js, definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON)?).await
 }
 
 #[cfg(test)]
@@ -146,5 +188,20 @@ mod tests {
         assert_eq!(rp.source, format!("{NOTIFY_PREFIX}.>"));
         assert_eq!(rp.destination, format!("{LIVE_PREFIX}.>"));
         assert!(!rp.headers_only);
+    }
+
+    #[test]
+    fn cursor_bucket_and_tracking_definitions_parse() {
+        let kv = definition("KV_CURSORS", CURSORS_STREAM_JSON).expect("valid");
+        assert_eq!(kv.subjects, vec![format!("$KV.{CURSORS_BUCKET}.>")]);
+        assert_eq!(kv.max_messages_per_subject, 1, "a KV bucket with history 1");
+        assert!(kv.allow_rollup && kv.deny_delete && kv.allow_direct);
+        let d = definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON).expect("valid");
+        assert_eq!(d.subjects, vec!["delivery.>".to_owned()]);
+        assert!(
+            d.discard_new_per_subject,
+            "the first record of each kind is kept"
+        );
+        assert_eq!(d.max_messages_per_subject, 1);
     }
 }

@@ -17,10 +17,22 @@ pub const NAME_IDENTIFIER_CLAIM: &str =
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// The ASP.NET Core `ClaimTypes.Role` claim.
+pub const ROLE_CLAIM: &str = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role";
+
 /// Who a valid token names.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub user_id: UserId,
+    /// Roles from the claims `role`, `roles` and the ASP.NET role claim.
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the token carries the `Admin` role (case-insensitive).
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r.eq_ignore_ascii_case("admin"))
+    }
 }
 
 /// Why a request was not authenticated. Each kind has a stable `code` for clients.
@@ -113,7 +125,19 @@ impl Authenticator {
             })
             .ok_or(AuthError::NoUserId)?;
         let user_id = UserId::parse(&raw).map_err(AuthError::BadUserId)?;
-        Ok(Identity { user_id })
+        let roles = ["role", "roles", ROLE_CLAIM]
+            .iter()
+            .filter_map(|k| claims.get(*k))
+            .flat_map(|v| match v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        Ok(Identity { user_id, roles })
     }
 }
 
@@ -143,8 +167,13 @@ pub fn token_from(authorization: Option<&str>, access_token: Option<&str>) -> Op
 
 /// Mints an HS256 token for `user` valid for `ttl_secs` (demo page, tools, tests).
 pub fn mint(secret: &SecretString, user: &str, ttl_secs: i64) -> String {
+    mint_with_roles(secret, user, ttl_secs, &[])
+}
+
+/// Like [`mint`], with `roles` in the `role` claim.
+pub fn mint_with_roles(secret: &SecretString, user: &str, ttl_secs: i64, roles: &[&str]) -> String {
     let exp = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
-    let claims = json!({ "userId": user, "exp": exp });
+    let claims = json!({ "userId": user, "exp": exp, "role": roles });
     // HS256 with an in-memory key over a JSON object cannot fail.
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -1,14 +1,19 @@
-//! From a republished NATS message to an event frame, and the counters of that path.
+//! From a stored or republished NATS message to an event, and the counters of that path.
 //!
-//! Messages on `live.<userId>` carry the stream sequence in `Nats-Sequence` (added by
-//! the stream's RePublish), the producer's `Nats-Msg-Id`, and the envelope in the
-//! body. A message that cannot become an event is skipped, counted and logged with
-//! its sequence: a producer's mistake never stalls a user's stream.
+//! Messages on `live.<userId>` carry the stream sequence in `Nats-Sequence` and the
+//! previous sequence of the same user in `Nats-Last-Sequence` (both added by the
+//! stream's RePublish), the producer's `Nats-Msg-Id`, and the envelope in the body.
+//! A message that cannot become an event is still an [`Event`] (with no frame) so
+//! that sockets move their position past it: a producer's mistake is skipped, counted
+//! and logged with its sequence, and never stalls a user's stream.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_nats::Message;
-use ziraai_proto::{Envelope, EventFrame, PayloadEncoding, headers};
+use async_nats::HeaderMap;
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use ziraai_proto::{Envelope, EventFrame, PayloadEncoding, Protocol, ServerFrame, headers};
 
 /// Counters of the delivery path (exported by `/health`).
 #[derive(Debug, Default)]
@@ -19,45 +24,149 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Sockets closed because they could not keep up (queue full or write timed out).
     pub slow_consumers: AtomicU64,
+    /// Events fetched from the stream to fill a gap or replay a backlog.
+    pub replayed: AtomicU64,
+    /// Gaps detected through `Nats-Last-Sequence`.
+    pub gaps: AtomicU64,
+    /// Tracking records dropped because the tracking queue was full.
+    pub tracking_dropped: AtomicU64,
 }
 
 impl Stats {
     pub fn snapshot(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
-            "framesQueued": self.delivered.load(Ordering::Relaxed),
-            "malformedEventsSkipped": self.malformed.load(Ordering::Relaxed),
-            "slowConsumersClosed": self.slow_consumers.load(Ordering::Relaxed),
+            "framesQueued": get(&self.delivered),
+            "malformedEventsSkipped": get(&self.malformed),
+            "slowConsumersClosed": get(&self.slow_consumers),
+            "eventsReplayed": get(&self.replayed),
+            "gapsDetected": get(&self.gaps),
+            "trackingRecordsDropped": get(&self.tracking_dropped),
         })
     }
 }
 
-/// Decodes a republished message; `None` (counted and logged) if it is not an event.
-pub fn decode_event(msg: &Message, stats: &Stats) -> Option<EventFrame> {
-    let hdrs = msg.headers.as_ref();
-    let header = |name: &str| hdrs.and_then(|h| h.get(name)).map(|v| v.as_str());
-    let Some(seq) = header("Nats-Sequence").and_then(|s| s.parse::<u64>().ok()) else {
-        stats.malformed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(subject = %msg.subject, "live message without Nats-Sequence skipped (not from the NOTIFY stream's RePublish)");
-        return None;
-    };
-    let decoded = PayloadEncoding::from_content_type(header(headers::CONTENT_TYPE))
-        .and_then(|enc| Envelope::decode(&msg.payload, enc));
-    let envelope = match decoded {
-        Ok(e) => e,
-        Err(e) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(subject = %msg.subject, seq, error = %e, "malformed event skipped");
-            return None;
+/// One event of a user's stream, decoded once and encoded at most once per protocol,
+/// shared by every socket of that user on this gateway.
+#[derive(Debug)]
+pub struct Event {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Previous sequence of the same user (`Nats-Last-Sequence`; 0 when unknown).
+    pub last_seq: u64,
+    /// `None` for a malformed message: sockets skip it but move past it.
+    pub frame: Option<ServerFrame>,
+    json: OnceLock<Message>,
+    msgpack: OnceLock<Message>,
+}
+
+impl Event {
+    /// Decodes headers and body; logs (with the sequence) what cannot be delivered.
+    pub fn decode(seq: u64, last_seq: u64, hdrs: Option<&HeaderMap>, body: &[u8]) -> Self {
+        let header = |name: &str| hdrs.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let decoded = PayloadEncoding::from_content_type(header(headers::CONTENT_TYPE))
+            .and_then(|enc| Envelope::decode(body, enc));
+        let frame = match decoded {
+            Ok(envelope) => {
+                let id = header("Nats-Msg-Id")
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(|| seq.to_string(), str::to_owned);
+                Some(ServerFrame::Event(EventFrame {
+                    seq,
+                    id,
+                    kind: envelope.kind,
+                    data: envelope.data,
+                    occurred_at: envelope.occurred_at,
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "malformed event skipped");
+                None
+            }
+        };
+        Self {
+            seq,
+            last_seq,
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
         }
-    };
-    let id = header("Nats-Msg-Id")
-        .filter(|s| !s.is_empty())
-        .map_or_else(|| seq.to_string(), str::to_owned);
-    Some(EventFrame {
-        seq,
-        id,
-        kind: envelope.kind,
-        data: envelope.data,
-        occurred_at: envelope.occurred_at,
-    })
+    }
+
+    /// Decodes a live (republished) message; `None` if it lacks `Nats-Sequence`.
+    pub fn from_live(msg: &async_nats::Message) -> Option<Self> {
+        let hdrs = msg.headers.as_ref();
+        let number = |name: &str| {
+            hdrs.and_then(|h| h.get(name))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+        };
+        let Some(seq) = number("Nats-Sequence") else {
+            tracing::warn!(subject = %msg.subject, "live message without Nats-Sequence ignored (not from the NOTIFY stream's RePublish)");
+            return None;
+        };
+        Some(Self::decode(
+            seq,
+            number("Nats-Last-Sequence").unwrap_or(0),
+            hdrs,
+            &msg.payload,
+        ))
+    }
+
+    /// The encoded frame for `protocol` (encoded on first use, then shared).
+    pub fn message(&self, protocol: Protocol) -> Option<Message> {
+        let frame = self.frame.as_ref()?;
+        let cell = match protocol {
+            Protocol::Json => &self.json,
+            Protocol::MsgPack => &self.msgpack,
+        };
+        Some(
+            cell.get_or_init(|| match protocol {
+                Protocol::Json => Message::Text(frame.to_json().into()),
+                Protocol::MsgPack => Message::Binary(Bytes::from(frame.to_msgpack())),
+            })
+            .clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_ids_and_skips_malformed_bodies() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", "evt-1");
+        let ok = Event::decode(5, 2, Some(&h), br#"{"kind":"a.b","data":{"x":1}}"#);
+        match &ok.frame {
+            Some(ServerFrame::Event(e)) => assert_eq!((e.seq, e.id.as_str()), (5, "evt-1")),
+            other => panic!("{other:?}"),
+        }
+        let no_id = Event::decode(6, 5, None, br#"{"kind":"a.b","data":{}}"#);
+        match &no_id.frame {
+            Some(ServerFrame::Event(e)) => assert_eq!(e.id, "6", "the sequence is the id"),
+            other => panic!("{other:?}"),
+        }
+        let bad = Event::decode(7, 6, None, b"{oops");
+        assert!(bad.frame.is_none() && bad.message(Protocol::Json).is_none());
+    }
+
+    #[test]
+    fn encodes_once_per_protocol() {
+        let e = Event::decode(1, 0, None, br#"{"kind":"a","data":{}}"#);
+        let (Some(Message::Text(a)), Some(Message::Text(b))) =
+            (e.message(Protocol::Json), e.message(Protocol::Json))
+        else {
+            panic!("JSON is text")
+        };
+        assert_eq!(
+            a.as_str().as_ptr(),
+            b.as_str().as_ptr(),
+            "shared, not re-encoded"
+        );
+        assert!(matches!(
+            e.message(Protocol::MsgPack),
+            Some(Message::Binary(_))
+        ));
+    }
 }

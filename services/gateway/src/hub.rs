@@ -17,16 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::Client;
-use axum::extract::ws::Message;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ziraai_proto::{Protocol, ServerFrame, UserId};
+use ziraai_proto::{Protocol, UserId};
 
-use crate::delivery::{Stats, decode_event};
-use crate::session::{CloseReason, SocketCtl};
+use crate::delivery::{Event, Stats};
+use crate::session::SocketCtl;
 
 /// Why a socket could not join its user's channel.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +46,7 @@ enum SubState {
 struct Slot {
     id: u64,
     protocol: Protocol,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Arc<Event>>,
     ctl: Arc<SocketCtl>,
 }
 
@@ -74,8 +73,8 @@ pub struct Hub {
 pub struct Membership {
     /// Leaves the channel when dropped.
     pub guard: LeaveGuard,
-    /// Frames the hub queued for this socket.
-    pub rx: mpsc::Receiver<Message>,
+    /// Events the hub queued for this socket.
+    pub rx: mpsc::Receiver<Arc<Event>>,
     /// Lets the hub close this socket (slow consumer) and records its acks.
     pub ctl: Arc<SocketCtl>,
 }
@@ -262,29 +261,26 @@ async fn barrier(client: &Client, subject: &str) -> Result<(), async_nats::Error
 }
 
 fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
-    let Some(event) = decode_event(msg, stats) else {
+    let Some(event) = Event::from_live(msg) else {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let frame = ServerFrame::Event(event);
-    let (mut json, mut packed) = (None::<Message>, None::<Message>);
+    if event.frame.is_none() {
+        // Still handed on, so sockets move past its sequence without a gap fetch.
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+    let event = Arc::new(event);
     let sockets = lock(&channel.sockets);
     for slot in sockets.iter() {
-        let m = match slot.protocol {
-            Protocol::Json => json
-                .get_or_insert_with(|| Message::Text(frame.to_json().into()))
-                .clone(),
-            Protocol::MsgPack => packed
-                .get_or_insert_with(|| Message::Binary(Bytes::from(frame.to_msgpack())))
-                .clone(),
-        };
-        match slot.tx.try_send(m) {
-            Ok(()) => stats.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                slot.ctl.close(CloseReason::SlowConsumer);
-                0
+        // Encode for this protocol once, in the fan-out task rather than per socket.
+        let _ = event.message(slot.protocol);
+        match slot.tx.try_send(event.clone()) {
+            Ok(()) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
+            Err(mpsc::error::TrySendError::Full(_)) => slot.ctl.queue_full(),
             // The socket is ending; its membership leaves on drop.
-            Err(mpsc::error::TrySendError::Closed(_)) => 0,
-        };
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }

@@ -5,13 +5,19 @@
 //! then closes every socket with 1012 and waits for them within the grace period.
 //! `main.rs` and the end-to-end tests drive this same code.
 
+mod api;
 pub mod auth;
+mod backend;
+pub mod cursors;
 pub mod delivery;
 mod demo;
 mod http;
 pub mod hub;
 pub mod session;
+pub mod store;
+pub mod tracking;
 pub mod watch;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,8 +33,11 @@ use ziraai_common::config::{Config, Environment, GatewayConfig};
 use ziraai_common::nats;
 
 use crate::auth::Authenticator;
+use crate::cursors::Cursors;
 use crate::delivery::Stats;
 use crate::hub::Hub;
+use crate::store::EventStore;
+use crate::tracking::Tracking;
 
 /// State shared by every request handler.
 pub(crate) struct AppState {
@@ -39,6 +48,11 @@ pub(crate) struct AppState {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) store: EventStore,
+    pub(crate) cursors: Cursors,
+    pub(crate) tracking: Tracking,
+    /// Bumped when the NATS connection is re-established: sessions re-sync.
+    pub(crate) resync: tokio::sync::watch::Receiver<u64>,
     /// Cancelled when shutdown starts: readiness turns 503, sockets close.
     pub(crate) shutdown: CancellationToken,
     /// Every socket session and user channel task.
@@ -53,20 +67,36 @@ pub(crate) struct AppState {
 pub struct App {
     listener: TcpListener,
     state: Arc<AppState>,
+    tracking_stop: CancellationToken,
+    tracking_task: tokio::task::JoinHandle<()>,
 }
 
 impl App {
     /// Connects to NATS, applies the stream definitions, binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let gateway_id = format!("gw-{}", nuid::next());
-        let client = nats::connect(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;
+        let (client, resync) =
+            nats::connect_observed(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;
         let js = jetstream::new(client.clone());
         nats::apply_notify_streams(&js).await?;
+        let store = EventStore::new(&js).await?;
+        let cursors = Cursors::new(&js).await?;
         let listener = TcpListener::bind(config.gateway.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
         let tracker = TaskTracker::new();
         let stats = Arc::new(Stats::default());
+        let tracking_stop = CancellationToken::new();
+        let (tracking, tracking_task) = if config.gateway.delivery_tracking {
+            tracking::spawn(
+                client.clone(),
+                gateway_id.as_str().into(),
+                stats.clone(),
+                tracking_stop.clone(),
+            )
+        } else {
+            (Tracking::disabled(stats.clone()), tokio::spawn(async {}))
+        };
         let demo = (config.env == Environment::Development && config.gateway.demo_page)
             .then(|| demo::Demo::new(&config));
         let state = Arc::new(AppState {
@@ -77,13 +107,22 @@ impl App {
             client,
             js,
             stats,
+            store,
+            cursors,
+            tracking,
+            resync,
             shutdown: CancellationToken::new(),
             tracker,
             connections: AtomicUsize::new(0),
             gateway_id,
             demo,
         });
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            tracking_stop,
+            tracking_task,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -134,6 +173,9 @@ impl App {
                 "sockets still open after the grace period; exiting anyway"
             );
         }
+        // Sessions have flushed their cursors and queued their last tracking records.
+        self.tracking_stop.cancel();
+        let _ = tokio::time::timeout(grace, self.tracking_task).await;
         if let Err(e) = state.client.drain().await {
             tracing::debug!(error = %e, "NATS drain failed");
         }

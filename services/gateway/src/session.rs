@@ -1,27 +1,31 @@
 //! One WebSocket session of the native protocol, generic over the socket so the loop
 //! is unit-tested with channel pairs and run for real over axum's WebSocket.
 //!
-//! The loop writes the welcome frame, then selects over: the hub's queue for this
-//! socket (written in batches, each write bounded by the write timeout), frames from
-//! the client (`ping`, `ack`), a keep-alive tick, the hub's close request (slow
-//! consumer) and the gateway's shutdown. Every close the server initiates for a
-//! client fault is preceded by an `error` frame.
+//! A session writes the welcome frame, replays the user's stored events after its
+//! start position, then goes live: events from the hub's queue are sent in order,
+//! repeats (sequence at or below the last sent) are dropped, and a gap (the event's
+//! `Nats-Last-Sequence` above the last sent) is filled from the stream first. The loop
+//! (in `conn`) also answers pings, applies acks to the device cursor, keeps the
+//! connection alive, and closes on the hub's request or the gateway's shutdown.
+//! Every close the server initiates for a client fault is preceded by an `error` frame.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use ziraai_proto::{ClientFrame, ClientFrameError, Protocol, ServerFrame};
-
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
-/// Most frames written per flush.
-const WRITE_BATCH: usize = 64;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use ziraai_proto::{Protocol, ServerFrame};
+
+use crate::delivery::{Event, Stats};
+use crate::tracking::TrackKind;
+
+mod conn;
+
 /// How long the close handshake may take before the socket is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -54,6 +58,8 @@ pub enum CloseReason {
     Shutdown,
     /// The hub dropped the socket's queue.
     Internal,
+    /// The stream could not be read to replay or fill a gap; reconnect to resume.
+    Unavailable,
 }
 
 impl CloseReason {
@@ -79,6 +85,13 @@ impl CloseReason {
                 Some(("idle_timeout", "no data or pong from the client".into())),
             ),
             Self::Shutdown => (RESTART, None),
+            Self::Unavailable => (
+                TRY_AGAIN_LATER,
+                Some((
+                    "unavailable",
+                    "the event log cannot be read right now; reconnect to resume".into(),
+                )),
+            ),
             Self::Internal => (INTERNAL, None),
         }
     }
@@ -92,6 +105,7 @@ impl CloseReason {
             Self::Idle => "idle timeout",
             Self::Shutdown => "gateway restarting; reconnect",
             Self::Internal => "internal error",
+            Self::Unavailable => "event log unavailable; reconnect",
         }
     }
 }
@@ -102,6 +116,11 @@ pub struct SocketCtl {
     cancel: CancellationToken,
     reason: OnceLock<CloseReason>,
     acked: AtomicU64,
+    /// Set while the session reads from the stream (replay, gap fill): a full queue
+    /// then means "catch up again afterwards", not "too slow".
+    replaying: AtomicBool,
+    lagged: AtomicBool,
+    lag: Notify,
 }
 
 impl SocketCtl {
@@ -116,6 +135,18 @@ impl SocketCtl {
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
+
+    /// The hub could not queue a live event for this socket. While the session
+    /// replays from the stream that is expected (it fetches what it missed from the
+    /// stream afterwards); otherwise the socket is too slow and is closed.
+    pub fn queue_full(&self) {
+        if self.replaying.load(Ordering::SeqCst) {
+            self.lagged.store(true, Ordering::SeqCst);
+            self.lag.notify_one();
+        } else {
+            self.close(CloseReason::SlowConsumer);
+        }
+    }
 }
 
 /// Per-session timing limits.
@@ -123,6 +154,8 @@ impl SocketCtl {
 pub struct SessionLimits {
     pub write_timeout: Duration,
     pub ping_interval: Duration,
+    /// Shortest interval between two cursor writes.
+    pub cursor_flush: Duration,
 }
 
 /// How a socket error is classified; lets the loop map oversized frames to 1009.
@@ -140,127 +173,74 @@ impl SocketError for axum::Error {
     }
 }
 
-fn encode(frame: &ServerFrame, protocol: Protocol) -> Message {
+/// What a session needs from the outside world besides its socket: the user's stored
+/// events, the device cursor and delivery tracking. The gateway implements it over
+/// NATS; unit tests over memory.
+pub trait Backend: Send + Sync {
+    /// The user's first stored event with a sequence above `after` (`None` at the end).
+    fn next_after(&self, after: u64) -> impl Future<Output = Result<Option<Event>, String>> + Send;
+    /// Whether the socket has a device cursor to save.
+    fn has_cursor(&self) -> bool;
+    /// Saves the device cursor (errors are logged by the implementation).
+    fn save_cursor(&self, seq: u64) -> impl Future<Output = ()> + Send;
+    /// Records a tracking event without waiting.
+    fn track(&self, kind: TrackKind, seq: u64);
+}
+
+/// Everything a session is started with, besides the socket and its queue.
+pub struct Session<B> {
+    pub protocol: Protocol,
+    pub welcome: ServerFrame,
+    pub limits: SessionLimits,
+    /// Replay every stored event after this sequence before going live.
+    pub start_after: u64,
+    pub backend: B,
+    pub shutdown: CancellationToken,
+    /// Bumped when the gateway's NATS connection came back: re-sync from the stream.
+    pub resync: watch::Receiver<u64>,
+    pub stats: Arc<Stats>,
+}
+
+pub(crate) fn encode(frame: &ServerFrame, protocol: Protocol) -> Message {
     match protocol {
         Protocol::Json => Message::Text(frame.to_json().into()),
         Protocol::MsgPack => Message::Binary(frame.to_msgpack().into()),
     }
 }
 
-/// Runs a session until the client leaves or the server closes it; returns why it ended
-/// (`None` when the client closed or vanished).
-pub async fn run<S, E>(
-    mut socket: S,
-    mut queue: mpsc::Receiver<Message>,
+/// How serving a socket stopped.
+pub(crate) enum Stop {
+    /// The server closes: error frame (if any) and close frame.
+    Close(CloseReason),
+    /// The socket is gone or unusable; nothing more can be written.
+    Gone,
+}
+
+/// Runs a session until the client leaves or the server closes it; returns why the
+/// server closed it (`None` when the client closed or vanished).
+pub async fn run<S, E, B>(
+    socket: S,
+    queue: mpsc::Receiver<Arc<Event>>,
     ctl: Arc<SocketCtl>,
-    protocol: Protocol,
-    welcome: ServerFrame,
-    limits: SessionLimits,
-    shutdown: CancellationToken,
+    session: Session<B>,
 ) -> Option<CloseReason>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
     E: SocketError,
+    B: Backend,
 {
-    if !write(
-        &mut socket,
-        encode(&welcome, protocol),
-        limits.write_timeout,
-    )
-    .await
-    {
-        return None;
-    }
-    let mut last_heard = Instant::now();
-    let mut ticker =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    let reason = loop {
-        tokio::select! {
-            biased;
-            _ = ctl.cancel.cancelled() => {
-                break ctl.reason.get().cloned().unwrap_or(CloseReason::Internal);
-            }
-            _ = shutdown.cancelled() => break CloseReason::Shutdown,
-            queued = queue.recv() => {
-                let Some(first) = queued else { break CloseReason::Internal };
-                let batch = async {
-                    socket.feed(first).await?;
-                    for _ in 1..WRITE_BATCH {
-                        match queue.try_recv() {
-                            Ok(m) => socket.feed(m).await?,
-                            Err(_) => break,
-                        }
-                    }
-                    socket.flush().await
-                };
-                match tokio::time::timeout(limits.write_timeout, batch).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "write failed");
-                        return None;
-                    }
-                    Err(_) => {
-                        tracing::info!("write timed out; dropping socket");
-                        return Some(CloseReason::SlowConsumer);
-                    }
-                }
-            }
-            incoming = socket.next() => {
-                last_heard = Instant::now();
-                let frame = match incoming {
-                    None => return None,
-                    Some(Err(e)) if e.is_too_big() => break CloseReason::TooBig,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read failed");
-                        return None;
-                    }
-                    Some(Ok(Message::Close(_))) => return None,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Text(t))) => ClientFrame::from_json(t.as_str()),
-                    Some(Ok(Message::Binary(b))) => ClientFrame::from_msgpack(&b),
-                };
-                match frame {
-                    Ok(ClientFrame::Ping) => {
-                        if !write(&mut socket, encode(&ServerFrame::Pong, protocol), limits.write_timeout).await {
-                            return None;
-                        }
-                    }
-                    Ok(ClientFrame::Ack { seq }) => {
-                        ctl.acked.fetch_max(seq, Ordering::Relaxed);
-                    }
-                    Err(ClientFrameError::Undecodable(what)) => {
-                        break CloseReason::Undecodable(format!("frame is not valid {what}"));
-                    }
-                    Err(ClientFrameError::Unsupported(detail)) => {
-                        break CloseReason::Unsupported(format!(
-                            "expected {{\"type\":\"ping\"}} or {{\"type\":\"ack\",\"seq\":n}}: {detail}"
-                        ));
-                    }
-                }
-            }
-            _ = ticker.tick() => {
-                if last_heard.elapsed() >= limits.ping_interval * 3 {
-                    break CloseReason::Idle;
-                }
-                if !write(&mut socket, Message::Ping(Default::default()), limits.write_timeout).await {
-                    return None;
-                }
-            }
+    let protocol = session.protocol;
+    let write_timeout = session.limits.write_timeout;
+    let mut conn = conn::Conn::new(socket, queue, ctl, session);
+    let stop = conn.serve().await;
+    conn.save_cursor_if_dirty().await;
+    match stop {
+        Stop::Gone => None,
+        Stop::Close(reason) => {
+            close(conn.socket(), &reason, protocol, write_timeout).await;
+            Some(reason)
         }
-    };
-    close(&mut socket, &reason, protocol, limits.write_timeout).await;
-    Some(reason)
-}
-
-/// Writes one frame within `timeout`; false if the socket is unusable.
-async fn write<S, E>(socket: &mut S, msg: Message, timeout: Duration) -> bool
-where
-    S: Sink<Message, Error = E> + Unpin,
-{
-    matches!(
-        tokio::time::timeout(timeout, socket.send(msg)).await,
-        Ok(Ok(()))
-    )
+    }
 }
 
 /// Sends the error frame (if any) and the close frame, then lets the client answer.

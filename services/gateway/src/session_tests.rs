@@ -7,12 +7,62 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
-use tokio::sync::mpsc;
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ziraai_proto::{Protocol, ServerFrame};
 
 use super::*;
+use crate::delivery::{Event, Stats};
+use crate::tracking::TrackKind;
+
+/// The user's stored events, cursor writes and tracking records, in memory.
+#[derive(Default)]
+struct MemBackend {
+    /// (seq, last_seq, body) of each stored event.
+    stored: Mutex<Vec<(u64, u64, Vec<u8>)>>,
+    cursor: bool,
+    saved: Mutex<Vec<u64>>,
+    tracked: Mutex<Vec<(TrackKind, u64)>>,
+}
+
+impl Backend for Arc<MemBackend> {
+    async fn next_after(&self, after: u64) -> Result<Option<Event>, String> {
+        let stored = self.stored.lock().expect("lock");
+        Ok(stored
+            .iter()
+            .find(|(seq, _, _)| *seq > after)
+            .map(|(seq, last, body)| Event::decode(*seq, *last, None, body)))
+    }
+    fn has_cursor(&self) -> bool {
+        self.cursor
+    }
+    async fn save_cursor(&self, seq: u64) {
+        self.saved.lock().expect("lock").push(seq);
+    }
+    fn track(&self, kind: TrackKind, seq: u64) {
+        self.tracked.lock().expect("lock").push((kind, seq));
+    }
+}
+
+fn body(seq: u64) -> Vec<u8> {
+    format!(r#"{{"kind":"t.e","data":{{"n":{seq}}}}}"#).into_bytes()
+}
+
+/// Stores events `seqs` (each one's last_seq is the previous) and returns them.
+fn store(backend: &MemBackend, seqs: &[u64]) -> Vec<Arc<Event>> {
+    let mut stored = backend.stored.lock().expect("lock");
+    let mut prev = stored.last().map_or(0, |e| e.0);
+    let mut out = Vec::new();
+    for &s in seqs {
+        out.push(Arc::new(Event::decode(s, prev, None, &body(s))));
+        stored.push((s, prev, body(s)));
+        prev = s;
+    }
+    out
+}
 
 #[derive(Debug)]
 struct TestErr {
@@ -65,7 +115,9 @@ impl Sink<Message> for TestSocket {
 struct Peer {
     to_server: mpsc::UnboundedSender<Result<Message, TestErr>>,
     from_server: mpsc::UnboundedReceiver<Message>,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Arc<Event>>,
+    backend: Arc<MemBackend>,
+    resync: watch::Sender<u64>,
     ctl: Arc<SocketCtl>,
     shutdown: CancellationToken,
     session: JoinHandle<Option<CloseReason>>,
@@ -74,9 +126,14 @@ struct Peer {
 const LIMITS: SessionLimits = SessionLimits {
     write_timeout: Duration::from_secs(5),
     ping_interval: Duration::from_secs(30),
+    cursor_flush: Duration::from_secs(1),
 };
 
 fn start(protocol: Protocol) -> Peer {
+    start_with(protocol, Arc::new(MemBackend::default()), 0)
+}
+
+fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) -> Peer {
     let (to_server, inbound) = mpsc::unbounded_channel();
     let (outbound, from_server) = mpsc::unbounded_channel();
     let (queue, queue_rx) = mpsc::channel(8);
@@ -85,20 +142,34 @@ fn start(protocol: Protocol) -> Peer {
     let welcome = ServerFrame::Welcome {
         connection_id: "c1".into(),
         user_id: "u1".into(),
+        resumed_after: start_after,
+        gap: false,
+        oldest_available: None,
+        device_id: None,
+    };
+    let (resync, resync_rx) = watch::channel(0);
+    let session = Session {
+        protocol,
+        welcome,
+        limits: LIMITS,
+        start_after,
+        backend: backend.clone(),
+        shutdown: shutdown.clone(),
+        resync: resync_rx,
+        stats: Arc::new(Stats::default()),
     };
     let session = tokio::spawn(run(
         TestSocket { inbound, outbound },
         queue_rx,
         ctl.clone(),
-        protocol,
-        welcome,
-        LIMITS,
-        shutdown.clone(),
+        session,
     ));
     Peer {
         to_server,
         from_server,
         queue,
+        backend,
+        resync,
         ctl,
         shutdown,
         session,
@@ -113,6 +184,13 @@ impl Peer {
             .await
             .expect("a frame in time")
             .expect("session still writing")
+    }
+
+    async fn seq(&mut self) -> u64 {
+        match self.frame().await {
+            ServerFrame::Event(e) => e.seq,
+            other => panic!("expected an event, got {other:?}"),
+        }
     }
 
     async fn frame(&mut self) -> ServerFrame {
@@ -149,19 +227,141 @@ impl Peer {
 }
 
 #[tokio::test]
-async fn welcome_then_queued_frames_then_pong_and_acks() {
+async fn welcome_then_queued_events_then_pong_and_acks() {
     let mut p = start(Protocol::Json);
     assert!(matches!(p.frame().await, ServerFrame::Welcome { .. }));
-    p.queue
-        .send(Message::Text("{\"type\":\"pong\"}".into()))
-        .await
-        .expect("queued");
-    assert_eq!(p.frame().await, ServerFrame::Pong);
+    for e in store(&p.backend, &[1, 2, 7, 9]) {
+        p.queue.send(e).await.expect("queued");
+    }
+    for want in [1, 2, 7, 9] {
+        assert_eq!(p.seq().await, want);
+    }
     p.send(Message::Text(r#"{"type":"ack","seq":7}"#.into()));
     p.send(Message::Text(r#"{"type":"ack","seq":3}"#.into()));
+    p.send(Message::Text(r#"{"type":"ack","seq":1000}"#.into()));
     p.send(Message::Text(r#"{"type":"ping"}"#.into()));
     assert_eq!(p.frame().await, ServerFrame::Pong);
-    assert_eq!(p.ctl.acked(), 7, "acks only move forward");
+    assert_eq!(
+        p.ctl.acked(),
+        9,
+        "acks only move forward, and never past what was sent"
+    );
+    let tracked = p.backend.tracked.lock().expect("lock").clone();
+    let acked: Vec<u64> = tracked
+        .iter()
+        .filter(|(k, _)| *k == TrackKind::Acked)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(
+        acked,
+        vec![1, 2, 7, 9],
+        "each delivered event is tracked as acked once"
+    );
+}
+
+#[tokio::test]
+async fn replays_after_the_start_then_goes_live_without_repeats() {
+    let backend = Arc::new(MemBackend::default());
+    let stored = store(&backend, &[3, 5, 8]);
+    let mut p = start_with(Protocol::Json, backend, 3);
+    p.frame().await;
+    // The live subscription saw 8 too (it was buffered while replaying): sent once.
+    p.queue.send(stored[2].clone()).await.expect("queued");
+    let live = store(&p.backend, &[11]);
+    p.queue.send(live[0].clone()).await.expect("queued");
+    for want in [5, 8, 11] {
+        assert_eq!(p.seq().await, want);
+    }
+}
+
+#[tokio::test]
+async fn a_gap_in_live_events_is_filled_from_the_stream_in_order() {
+    let mut p = start(Protocol::Json);
+    p.frame().await;
+    let events = store(&p.backend, &[2, 4, 6, 9]);
+    // Only 9 arrives live; its Nats-Last-Sequence (6) shows 2, 4 and 6 were missed.
+    p.queue.send(events[3].clone()).await.expect("queued");
+    for want in [2, 4, 6, 9] {
+        assert_eq!(p.seq().await, want);
+    }
+}
+
+#[tokio::test]
+async fn a_reconnect_of_the_gateway_resyncs_from_the_stream() {
+    let mut p = start(Protocol::Json);
+    p.frame().await;
+    store(&p.backend, &[4, 5]);
+    p.resync.send_modify(|n| *n += 1);
+    assert_eq!(p.seq().await, 4);
+    assert_eq!(p.seq().await, 5);
+}
+
+#[tokio::test]
+async fn a_lagging_queue_during_replay_is_recovered_from_the_stream() {
+    let backend = Arc::new(MemBackend::default());
+    store(&backend, &[1, 2]);
+    let mut p = start_with(Protocol::Json, backend, 0);
+    p.frame().await;
+    assert_eq!(p.seq().await, 1);
+    assert_eq!(p.seq().await, 2);
+    // A live event dropped because the queue was full while replaying:
+    let dropped = store(&p.backend, &[3]);
+    p.ctl.replaying.store(true, Ordering::SeqCst);
+    p.ctl.queue_full();
+    p.ctl.replaying.store(false, Ordering::SeqCst);
+    assert_eq!(p.seq().await, 3, "fetched from the stream, not lost");
+    drop(dropped);
+    // Outside a replay, a full queue is a slow consumer.
+    p.ctl.queue_full();
+    p.expect_close(Some("slow_consumer"), close_code::TRY_AGAIN_LATER)
+        .await;
+}
+
+#[tokio::test]
+async fn malformed_stored_events_are_skipped_not_stalled_on() {
+    let backend = Arc::new(MemBackend::default());
+    store(&backend, &[1]);
+    backend
+        .stored
+        .lock()
+        .expect("lock")
+        .push((2, 1, b"{bad".to_vec()));
+    store(&backend, &[3]);
+    let mut p = start_with(Protocol::Json, backend, 0);
+    p.frame().await;
+    assert_eq!(p.seq().await, 1);
+    assert_eq!(p.seq().await, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cursor_writes_are_coalesced_and_flushed_at_close() {
+    let backend = Arc::new(MemBackend {
+        cursor: true,
+        ..MemBackend::default()
+    });
+    store(&backend, &[1, 2, 3, 4]);
+    let mut p = start_with(Protocol::Json, backend, 0);
+    p.frame().await;
+    for _ in 0..4 {
+        p.seq().await;
+    }
+    for n in 1..=4 {
+        p.send(Message::Text(
+            format!(r#"{{"type":"ack","seq":{n}}}"#).into(),
+        ));
+    }
+    p.send(Message::Text(r#"{"type":"ping"}"#.into()));
+    assert_eq!(p.frame().await, ServerFrame::Pong);
+    // Leading edge: the first ack is written at once; the next three wait for the tick.
+    assert_eq!(*p.backend.saved.lock().expect("lock"), vec![1]);
+    p.shutdown.cancel();
+    let backend = p.backend.clone();
+    p.expect_close(None, close_code::RESTART).await;
+    assert_eq!(
+        *backend.saved.lock().expect("lock"),
+        vec![1, 4],
+        "flushed at close"
+    );
 }
 
 #[tokio::test]

@@ -40,6 +40,9 @@ pub(super) struct GatewayFile {
     pub(super) shutdown_grace: Option<String>,
     pub(super) subscribe_timeout: Option<String>,
     pub(super) demo_page: Option<bool>,
+    pub(super) realtime_enabled: Option<bool>,
+    pub(super) cursor_flush_interval: Option<String>,
+    pub(super) delivery_tracking: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,215 @@
+//! HTTP API beside the sockets: polling, acknowledgement by HTTP, and the delivery
+//! records of a user for operators (Admin role).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ziraai_common::nats::DELIVERY_STREAM;
+use ziraai_proto::{DeviceId, UserId};
+
+use crate::AppState;
+use crate::http::{authenticate, refuse};
+
+/// Events per poll when `limit` is not given.
+pub(crate) const DEFAULT_POLL_LIMIT: usize = 100;
+/// Largest `limit` honoured (larger values are capped).
+pub(crate) const MAX_POLL_LIMIT: usize = 1000;
+/// Bound of one read from the `DELIVERY` stream.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn limit(query: &HashMap<String, String>) -> Result<usize, Response> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_POLL_LIMIT),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n.min(MAX_POLL_LIMIT)),
+            _ => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_limit",
+                format!("limit={raw:?} is not a positive integer"),
+            )),
+        },
+    }
+}
+
+fn sequence(query: &HashMap<String, String>, key: &str) -> Result<u64, Response> {
+    match query.get(key) {
+        None => Ok(0),
+        Some(raw) => raw.parse::<u64>().map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("bad_{key}"),
+                format!("{key}={raw:?} is not a sequence number"),
+            )
+        }),
+    }
+}
+
+/// `GET /api/v1/notifications?since=<seq>&limit=<n>`: the caller's events after
+/// `since`, oldest first, as the socket sends them; `next` is the `since` of the next
+/// poll.
+pub(crate) async fn poll(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = match authenticate(&app, &headers, &query) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let (since, limit) = match (sequence(&query, "since"), limit(&query)) {
+        (Ok(s), Ok(l)) => (s, l),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let mut events = Vec::new();
+    let mut next = since;
+    while events.len() < limit {
+        match app.store.next_after(&identity.user_id, next).await {
+            Ok(Some(event)) => {
+                next = event.seq;
+                if let Some(frame) = event.frame {
+                    events.push(frame);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
+        }
+    }
+    Json(json!({ "events": events, "next": next })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct AckBody {
+    device_id: String,
+    seq: u64,
+}
+
+/// `POST /api/v1/notifications/ack` with `{"deviceId": …, "seq": …}`: advances the
+/// device's cursor (the same one socket acks advance), never backwards and never past
+/// the user's latest event.
+pub(crate) async fn ack(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Json<AckBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let identity = match authenticate(&app, &headers, &query) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!(
+                    "expected {{\"deviceId\": \"…\", \"seq\": n}}: {}",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    let device = match DeviceId::parse(&body.device_id) {
+        Ok(d) => d,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_device_id",
+                format!("deviceId {e}"),
+            );
+        }
+    };
+    let user = identity.user_id;
+    let latest = match app.store.latest(&user).await {
+        Ok(l) => l,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
+    };
+    match app
+        .cursors
+        .advance(&user, &device, body.seq.min(latest))
+        .await
+    {
+        Ok(cursor) => Json(json!({ "deviceId": device, "cursor": cursor })).into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
+    }
+}
+
+/// `GET /api/v1/admin/deliveries?userId=…[&seq=…][&after=…][&limit=…]` (Admin role):
+/// the user's delivery records, oldest first; `next` pages (pass it as `after`).
+pub(crate) async fn deliveries(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = match authenticate(&app, &headers, &query) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if !identity.is_admin() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the Admin role is required",
+        );
+    }
+    let Some(user) = query.get("userId") else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_user_id", "userId is required");
+    };
+    let user = match UserId::parse(user) {
+        Ok(u) => u,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_user_id",
+                format!("userId {e}"),
+            );
+        }
+    };
+    let (seq, after, limit) = match (
+        sequence(&query, "seq"),
+        sequence(&query, "after"),
+        limit(&query),
+    ) {
+        (Ok(s), Ok(a), Ok(l)) => (s, a, l),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+    };
+    let filter = if seq > 0 {
+        format!("delivery.{user}.{seq}.>")
+    } else {
+        format!("delivery.{user}.>")
+    };
+    let stream = match app.js.get_stream_no_info(DELIVERY_STREAM).await {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
+    };
+    let mut records = Vec::new();
+    let mut next = after;
+    while records.len() < limit {
+        let read = stream.direct_get_next_for_subject(filter.clone(), Some(next + 1));
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok(m)) => {
+                next = m.sequence;
+                records.push(serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null));
+            }
+            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => break,
+            Ok(Err(e)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
+            Err(_) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    "reading DELIVERY timed out",
+                );
+            }
+        }
+    }
+    Json(json!({ "userId": user, "records": records, "next": next })).into_response()
+}

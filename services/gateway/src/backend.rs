@@ -1,0 +1,54 @@
+//! The session [`Backend`] over NATS: the `NOTIFY` stream, the `CURSORS` bucket and
+//! delivery tracking.
+
+use std::sync::Arc;
+
+use ziraai_proto::{DeviceId, UserId};
+
+use crate::cursors::Cursors;
+use crate::delivery::Event;
+use crate::session::Backend;
+use crate::store::EventStore;
+use crate::tracking::{TrackKind, TrackRecord, Tracking};
+
+pub(crate) struct NatsBackend {
+    pub(crate) store: EventStore,
+    pub(crate) user: UserId,
+    /// The device's cursor, when the socket named a device.
+    pub(crate) cursor: Option<(Cursors, DeviceId)>,
+    pub(crate) tracking: Tracking,
+    /// Device id, or `conn-<connectionId>` without one (tracking key).
+    pub(crate) device_label: Arc<str>,
+    pub(crate) connection_id: Arc<str>,
+}
+
+impl Backend for NatsBackend {
+    async fn next_after(&self, after: u64) -> Result<Option<Event>, String> {
+        self.store
+            .next_after(&self.user, after)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn has_cursor(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    async fn save_cursor(&self, seq: u64) {
+        if let Some((cursors, device)) = &self.cursor
+            && let Err(e) = cursors.advance(&self.user, device, seq).await
+        {
+            tracing::warn!(user = %self.user, device = %device, seq, error = %e, "cursor not saved");
+        }
+    }
+
+    fn track(&self, kind: TrackKind, seq: u64) {
+        self.tracking.record(TrackRecord {
+            user: self.user.clone(),
+            device: self.device_label.clone(),
+            connection_id: self.connection_id.clone(),
+            seq,
+            kind,
+        });
+    }
+}

@@ -1,0 +1,293 @@
+//! The session loop: replay, live delivery with de-duplication and gap filling,
+//! client frames, keep-alive and cursor saves.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::Message;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use ziraai_proto::{ClientFrame, ClientFrameError};
+
+use super::{Backend, CloseReason, Session, SocketCtl, SocketError, Stop, encode};
+use crate::delivery::Event;
+use crate::tracking::TrackKind;
+
+/// Most live frames written per flush.
+const WRITE_BATCH: usize = 64;
+/// Delivered-but-unacknowledged sequences remembered per socket for ack tracking.
+const MAX_UNACKED: usize = 4096;
+
+pub(super) struct Conn<S, B> {
+    socket: S,
+    queue: mpsc::Receiver<Arc<Event>>,
+    ctl: Arc<SocketCtl>,
+    s: Session<B>,
+    /// Highest sequence sent or skipped: everything up to it is done.
+    last_seen: u64,
+    /// Sent, not yet acknowledged (for ack tracking), oldest first.
+    unacked: VecDeque<u64>,
+    last_heard: Instant,
+    cursor_dirty: bool,
+    last_cursor_save: Option<Instant>,
+}
+
+type Step = Result<(), Stop>;
+
+impl<S, E, B> Conn<S, B>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+    E: SocketError,
+    B: Backend,
+{
+    pub(super) fn new(
+        socket: S,
+        queue: mpsc::Receiver<Arc<Event>>,
+        ctl: Arc<SocketCtl>,
+        s: Session<B>,
+    ) -> Self {
+        Self {
+            socket,
+            queue,
+            ctl,
+            last_seen: s.start_after,
+            s,
+            unacked: VecDeque::new(),
+            last_heard: Instant::now(),
+            cursor_dirty: false,
+            last_cursor_save: None,
+        }
+    }
+
+    pub(super) fn socket(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    pub(super) async fn serve(&mut self) -> Stop {
+        match self.serve_inner().await {
+            Ok(()) => Stop::Gone,
+            Err(stop) => stop,
+        }
+    }
+
+    async fn serve_inner(&mut self) -> Step {
+        let welcome = encode(&self.s.welcome, self.s.protocol);
+        self.write(welcome).await?;
+        self.catch_up_all().await?;
+        let interval = self.s.limits.ping_interval;
+        let mut pings = tokio::time::interval_at(Instant::now() + interval, interval);
+        let flush = self.s.limits.cursor_flush;
+        let mut cursor_tick = tokio::time::interval_at(Instant::now() + flush, flush);
+        let mut resync_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.ctl.cancel.cancelled() => {
+                    return Err(Stop::Close(self.ctl.reason.get().cloned().unwrap_or(CloseReason::Internal)));
+                }
+                _ = self.s.shutdown.cancelled() => return Err(Stop::Close(CloseReason::Shutdown)),
+                _ = self.ctl.lag.notified() => self.catch_up_all().await?,
+                changed = self.s.resync.changed(), if resync_open => match changed {
+                    Ok(()) => self.catch_up_all().await?,
+                    Err(_) => resync_open = false,
+                },
+                queued = self.queue.recv() => {
+                    let Some(event) = queued else { return Err(Stop::Close(CloseReason::Internal)) };
+                    self.live(&event).await?;
+                    for _ in 1..WRITE_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(event) => self.live(&event).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush().await?;
+                }
+                incoming = self.socket.next() => {
+                    self.last_heard = Instant::now();
+                    self.inbound(incoming).await?;
+                }
+                _ = pings.tick() => {
+                    if self.last_heard.elapsed() >= interval * 3 {
+                        return Err(Stop::Close(CloseReason::Idle));
+                    }
+                    self.write(Message::Ping(Default::default())).await?;
+                }
+                _ = cursor_tick.tick() => self.save_cursor_if_dirty().await,
+            }
+        }
+    }
+
+    /// Replays everything stored after `last_seen`; repeats while live events were
+    /// dropped for this socket in the meantime (they are in the stream).
+    async fn catch_up_all(&mut self) -> Step {
+        loop {
+            self.ctl.replaying.store(true, Ordering::SeqCst);
+            self.ctl.lagged.store(false, Ordering::SeqCst);
+            let r = self.catch_up(None).await;
+            self.ctl.replaying.store(false, Ordering::SeqCst);
+            r?;
+            self.flush().await?;
+            if !self.ctl.lagged.swap(false, Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends stored events after `last_seen`, up to (not including) `until`.
+    async fn catch_up(&mut self, until: Option<u64>) -> Step {
+        let mut sent = 0usize;
+        loop {
+            let next = match self.s.backend.next_after(self.last_seen).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, after = self.last_seen, "cannot read the stream for this socket");
+                    return Err(Stop::Close(CloseReason::Unavailable));
+                }
+            };
+            let Some(event) = next else { return Ok(()) };
+            if until.is_some_and(|u| event.seq >= u) {
+                return Ok(());
+            }
+            self.s.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            self.emit(&event).await?;
+            sent += 1;
+            if sent.is_multiple_of(WRITE_BATCH) {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// A live event: drop repeats, fill a gap first, then send.
+    async fn live(&mut self, event: &Event) -> Step {
+        if event.seq <= self.last_seen {
+            return Ok(());
+        }
+        if event.last_seq > self.last_seen {
+            self.s.stats.gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                seq = event.seq,
+                last_seq = event.last_seq,
+                sent = self.last_seen,
+                "gap: fetching from the stream"
+            );
+            self.ctl.replaying.store(true, Ordering::SeqCst);
+            let r = self.catch_up(Some(event.seq)).await;
+            self.ctl.replaying.store(false, Ordering::SeqCst);
+            r?;
+            if self.ctl.lagged.load(Ordering::SeqCst) {
+                // Live events were dropped meanwhile; the lag branch replays them.
+                self.ctl.lag.notify_one();
+            }
+        }
+        self.emit(event).await
+    }
+
+    /// Queues one event on the socket (or skips a malformed one) and moves past it.
+    async fn emit(&mut self, event: &Event) -> Step {
+        if let Some(msg) = event.message(self.s.protocol) {
+            self.feed(msg).await?;
+            self.s.backend.track(TrackKind::Delivered, event.seq);
+            if self.unacked.len() == MAX_UNACKED {
+                self.unacked.pop_front();
+            }
+            self.unacked.push_back(event.seq);
+        }
+        self.last_seen = event.seq;
+        Ok(())
+    }
+
+    async fn inbound(&mut self, incoming: Option<Result<Message, E>>) -> Step {
+        let frame = match incoming {
+            None | Some(Ok(Message::Close(_))) => return Err(Stop::Gone),
+            Some(Err(e)) if e.is_too_big() => return Err(Stop::Close(CloseReason::TooBig)),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                return Err(Stop::Gone);
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            Some(Ok(Message::Text(t))) => ClientFrame::from_json(t.as_str()),
+            Some(Ok(Message::Binary(b))) => ClientFrame::from_msgpack(&b),
+        };
+        match frame {
+            Ok(ClientFrame::Ping) => {
+                let pong = encode(&ziraai_proto::ServerFrame::Pong, self.s.protocol);
+                self.write(pong).await
+            }
+            Ok(ClientFrame::Ack { seq }) => {
+                self.ack(seq).await;
+                Ok(())
+            }
+            Err(ClientFrameError::Undecodable(what)) => Err(Stop::Close(CloseReason::Undecodable(
+                format!("frame is not valid {what}"),
+            ))),
+            Err(ClientFrameError::Unsupported(detail)) => {
+                Err(Stop::Close(CloseReason::Unsupported(format!(
+                    "expected {{\"type\":\"ping\"}} or {{\"type\":\"ack\",\"seq\":n}}: {detail}"
+                ))))
+            }
+        }
+    }
+
+    /// An ack covers every event up to `seq`; it cannot cover what was not sent.
+    async fn ack(&mut self, seq: u64) {
+        let seq = seq.min(self.last_seen);
+        if seq <= self.ctl.acked.fetch_max(seq, Ordering::Relaxed) {
+            return;
+        }
+        while self.unacked.front().is_some_and(|s| *s <= seq) {
+            if let Some(s) = self.unacked.pop_front() {
+                self.s.backend.track(TrackKind::Acked, s);
+            }
+        }
+        if !self.s.backend.has_cursor() {
+            return;
+        }
+        // Leading edge: write now unless a write happened within the flush interval;
+        // otherwise the cursor tick writes the latest ack (trailing edge).
+        let recent = self
+            .last_cursor_save
+            .is_some_and(|t| t.elapsed() < self.s.limits.cursor_flush);
+        self.cursor_dirty = true;
+        if !recent {
+            self.save_cursor_if_dirty().await;
+        }
+    }
+
+    pub(super) async fn save_cursor_if_dirty(&mut self) {
+        if self.cursor_dirty {
+            self.cursor_dirty = false;
+            self.last_cursor_save = Some(Instant::now());
+            self.s.backend.save_cursor(self.ctl.acked()).await;
+        }
+    }
+
+    async fn feed(&mut self, msg: Message) -> Step {
+        match tokio::time::timeout(self.s.limits.write_timeout, self.socket.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(self.write_timed_out()),
+        }
+    }
+
+    async fn flush(&mut self) -> Step {
+        match tokio::time::timeout(self.s.limits.write_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(self.write_timed_out()),
+        }
+    }
+
+    async fn write(&mut self, msg: Message) -> Step {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+
+    fn write_timed_out(&self) -> Stop {
+        tracing::info!("write timed out; closing a slow socket");
+        // The close frame cannot be written either; report the reason and drop it.
+        self.ctl.close(CloseReason::SlowConsumer);
+        Stop::Close(CloseReason::SlowConsumer)
+    }
+}

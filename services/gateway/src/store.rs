@@ -1,0 +1,99 @@
+//! Reads a user's events back from the `NOTIFY` stream: replay after a cursor, gap
+//! fills, polling. Direct get (`next_by_subj`) answers from any replica without
+//! creating consumers, so a resume costs the server no state.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use ziraai_common::nats::NOTIFY_STREAM;
+use ziraai_proto::UserId;
+
+use crate::delivery::Event;
+
+/// Bound of one read from the stream.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the stream could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading stream NOTIFY failed: {0}")]
+pub struct StoreError(String);
+
+/// Handle on `NOTIFY` for reads.
+#[derive(Clone)]
+pub struct EventStore {
+    stream: jetstream::stream::Stream<()>,
+    js: jetstream::Context,
+}
+
+/// Where the stream starts and ends now.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamBounds {
+    /// Oldest sequence still stored (retention removes older ones).
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl EventStore {
+    pub async fn new(js: &jetstream::Context) -> Result<Self, StoreError> {
+        let stream = js
+            .get_stream_no_info(NOTIFY_STREAM)
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(Self {
+            stream,
+            js: js.clone(),
+        })
+    }
+
+    /// The first event of `user` with a sequence above `after`, `None` past the end.
+    pub async fn next_after(&self, user: &UserId, after: u64) -> Result<Option<Event>, StoreError> {
+        let read = self
+            .stream
+            .direct_get_next_for_subject(user.notify_subject(), Some(after + 1));
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Err(_) => Err(StoreError("timed out".into())),
+            Ok(Ok(m)) => Ok(Some(Event::decode(
+                m.sequence,
+                0,
+                Some(&m.headers),
+                &m.payload,
+            ))),
+            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+        }
+    }
+
+    /// The sequence of `user`'s latest event (0 if none): where a fresh socket starts.
+    pub async fn latest(&self, user: &UserId) -> Result<u64, StoreError> {
+        let read = self
+            .stream
+            .direct_get_last_for_subject(user.notify_subject());
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Err(_) => Err(StoreError("timed out".into())),
+            Ok(Ok(m)) => Ok(m.sequence),
+            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+        }
+    }
+
+    /// The stream's current first and last sequence.
+    pub async fn bounds(&self) -> Result<StreamBounds, StoreError> {
+        let info = async {
+            // `get_stream` is one STREAM.INFO request; its answer carries the state.
+            let s = self
+                .js
+                .get_stream(NOTIFY_STREAM)
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = &s.cached_info().state;
+            Ok::<_, String>(StreamBounds {
+                first_seq: state.first_sequence,
+                last_seq: state.last_sequence,
+            })
+        };
+        match tokio::time::timeout(READ_TIMEOUT, info).await {
+            Err(_) => Err(StoreError("timed out".into())),
+            Ok(r) => r.map_err(StoreError),
+        }
+    }
+}
