@@ -16,7 +16,7 @@ use ziraai_common::nats::DELIVERY_STREAM;
 use ziraai_proto::{DeviceId, UserId};
 
 use crate::AppState;
-use crate::http::{authenticate, refuse};
+use crate::http::{ApiError, authenticate, refuse};
 
 /// Events per poll when `limit` is not given.
 pub(crate) const DEFAULT_POLL_LIMIT: usize = 100;
@@ -25,7 +25,7 @@ pub(crate) const MAX_POLL_LIMIT: usize = 1000;
 /// Bound of one read from the `DELIVERY` stream.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn limit(query: &HashMap<String, String>) -> Result<usize, Response> {
+fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
     match query.get("limit") {
         None => Ok(DEFAULT_POLL_LIMIT),
         Some(raw) => match raw.parse::<usize>() {
@@ -39,7 +39,7 @@ fn limit(query: &HashMap<String, String>) -> Result<usize, Response> {
     }
 }
 
-fn sequence(query: &HashMap<String, String>, key: &str) -> Result<u64, Response> {
+fn sequence(query: &HashMap<String, String>, key: &str) -> Result<u64, ApiError> {
     match query.get(key) {
         None => Ok(0),
         Some(raw) => raw.parse::<u64>().map_err(|_| {
@@ -59,30 +59,24 @@ pub(crate) async fn poll(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Response {
-    let identity = match authenticate(&app, &headers, &query) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let (since, limit) = match (sequence(&query, "since"), limit(&query)) {
-        (Ok(s), Ok(l)) => (s, l),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let identity = authenticate(&app, &headers, &query)?;
+    let (since, limit) = (sequence(&query, "since")?, limit(&query)?);
     let mut events = Vec::new();
     let mut next = since;
     while events.len() < limit {
-        match app.store.next_after(&identity.user_id, next).await {
-            Ok(Some(event)) => {
-                next = event.seq;
-                if let Some(frame) = event.frame {
-                    events.push(frame);
-                }
-            }
-            Ok(None) => break,
-            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
+        let event = app
+            .store
+            .next_after(&identity.user_id, next)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let Some(event) = event else { break };
+        next = event.seq;
+        if let Some(frame) = event.frame {
+            events.push(frame);
         }
     }
-    Json(json!({ "events": events, "next": next })).into_response()
+    Ok(Json(json!({ "events": events, "next": next })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -100,47 +94,31 @@ pub(crate) async fn ack(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Result<Json<AckBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let identity = match authenticate(&app, &headers, &query) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let body = match body {
-        Ok(Json(b)) => b,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!(
-                    "expected {{\"deviceId\": \"…\", \"seq\": n}}: {}",
-                    e.body_text()
-                ),
-            );
-        }
-    };
-    let device = match DeviceId::parse(&body.device_id) {
-        Ok(d) => d,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_device_id",
-                format!("deviceId {e}"),
-            );
-        }
-    };
+) -> Result<Response, ApiError> {
+    let identity = authenticate(&app, &headers, &query)?;
+    let Json(body) = body.map_err(|e| {
+        let hint = "expected {\"deviceId\": \"…\", \"seq\": n}";
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("{hint}: {}", e.body_text()),
+        )
+    })?;
+    let device = DeviceId::parse(&body.device_id).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_device_id",
+            format!("deviceId {e}"),
+        )
+    })?;
     let user = identity.user_id;
-    let latest = match app.store.latest(&user).await {
-        Ok(l) => l,
-        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
-    };
-    match app
+    let latest = app.store.latest(&user).await.map_err(|e| unavailable(&e))?;
+    let cursor = app
         .cursors
         .advance(&user, &device, body.seq.min(latest))
         .await
-    {
-        Ok(cursor) => Json(json!({ "deviceId": device, "cursor": cursor })).into_response(),
-        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
-    }
+        .map_err(|e| unavailable(&e))?;
+    Ok(Json(json!({ "deviceId": device, "cursor": cursor })).into_response())
 }
 
 /// `GET /api/v1/admin/deliveries?userId=…[&seq=…][&after=…][&limit=…]` (Admin role):
@@ -149,48 +127,40 @@ pub(crate) async fn deliveries(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Response {
-    let identity = match authenticate(&app, &headers, &query) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let identity = authenticate(&app, &headers, &query)?;
     if !identity.is_admin() {
-        return refuse(
+        return Err(refuse(
             StatusCode::FORBIDDEN,
             "forbidden",
             "the Admin role is required",
-        );
+        ));
     }
-    let Some(user) = query.get("userId") else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_user_id", "userId is required");
-    };
-    let user = match UserId::parse(user) {
-        Ok(u) => u,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_user_id",
-                format!("userId {e}"),
-            );
-        }
-    };
-    let (seq, after, limit) = match (
-        sequence(&query, "seq"),
-        sequence(&query, "after"),
-        limit(&query),
-    ) {
-        (Ok(s), Ok(a), Ok(l)) => (s, a, l),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
-    };
+    let user = query
+        .get("userId")
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_user_id", "userId is required"))?;
+    let user = UserId::parse(user).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_user_id",
+            format!("userId {e}"),
+        )
+    })?;
+    let (seq, after, limit) = (
+        sequence(&query, "seq")?,
+        sequence(&query, "after")?,
+        limit(&query)?,
+    );
     let filter = if seq > 0 {
         format!("delivery.{user}.{seq}.>")
     } else {
         format!("delivery.{user}.>")
     };
-    let stream = match app.js.get_stream_no_info(DELIVERY_STREAM).await {
-        Ok(s) => s,
-        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
-    };
+    let stream = app
+        .js
+        .get_stream_no_info(DELIVERY_STREAM)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let mut records = Vec::new();
     let mut next = after;
     while records.len() < limit {
@@ -201,15 +171,13 @@ pub(crate) async fn deliveries(
                 records.push(serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null));
             }
             Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => break,
-            Ok(Err(e)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e),
-            Err(_) => {
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker_unavailable",
-                    "reading DELIVERY timed out",
-                );
-            }
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Err(_) => return Err(unavailable(&"reading DELIVERY timed out")),
         }
     }
-    Json(json!({ "userId": user, "records": records, "next": next })).into_response()
+    Ok(Json(json!({ "userId": user, "records": records, "next": next })).into_response())
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> ApiError {
+    refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e)
 }

@@ -39,12 +39,46 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 }
 
 /// A JSON error response.
-pub(crate) fn refuse(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    (
+/// A refused request: the one place errors become HTTP responses.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    retry_after: Option<&'static str>,
+}
+
+impl ApiError {
+    /// Adds a `Retry-After` header (seconds).
+    pub(crate) fn retry_after(mut self, secs: &'static str) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(secs));
+        }
+        r
+    }
+}
+
+/// A JSON refusal `{"error": code, "message": message}` with `status`.
+pub(crate) fn refuse(status: StatusCode, code: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError {
         status,
-        axum::Json(json!({"error": code, "message": message.to_string()})),
-    )
-        .into_response()
+        code: code.to_owned(),
+        message: message.to_string(),
+        retry_after: None,
+    }
 }
 
 /// Authenticates a request by its bearer header or `access_token` query parameter.
@@ -52,7 +86,7 @@ pub(crate) fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<Identity, Response> {
+) -> Result<Identity, ApiError> {
     let authz = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());

@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use ziraai_proto::{DeviceId, Protocol, ServerFrame, UserId};
 
 use crate::AppState;
 use crate::backend::NatsBackend;
-use crate::http::{authenticate, refuse};
+use crate::http::{ApiError, authenticate, refuse};
 use crate::session::{self, CloseReason, Session, SessionLimits};
 
 /// Socket read buffer: clients only send small frames (see stack notes: 128 KiB
@@ -44,7 +44,7 @@ pub(crate) async fn resume_point(
     user: &UserId,
     since: Option<u64>,
     device: Option<&DeviceId>,
-) -> Result<ResumePoint, Response> {
+) -> Result<ResumePoint, ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e)
     };
@@ -78,7 +78,7 @@ pub(crate) async fn resume_point(
 /// Parses `since` and `deviceId` query parameters.
 pub(crate) fn resume_params(
     query: &HashMap<String, String>,
-) -> Result<(Option<u64>, Option<DeviceId>), Response> {
+) -> Result<(Option<u64>, Option<DeviceId>), ApiError> {
     let since = match query.get("since") {
         None => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
@@ -107,38 +107,31 @@ pub(crate) async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if !app.cfg.realtime_enabled {
-        let mut r = refuse(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "realtime_disabled",
             "realtime delivery is switched off; poll /api/v1/notifications",
-        );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from_static(REALTIME_OFF_RETRY_AFTER),
-        );
-        return r;
+        )
+        .retry_after(REALTIME_OFF_RETRY_AFTER));
     }
     if app.shutdown.is_cancelled() {
-        return refuse(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "gateway is shutting down; reconnect to another instance",
-        );
+        ));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !origin_allowed(&app.cfg.allowed_origins, origin) {
-        return refuse(
+        return Err(refuse(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
             format!("origin {:?} is not allowed", origin.unwrap_or("")),
-        );
+        ));
     }
-    let identity = match authenticate(&app, &headers, &query) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let identity = authenticate(&app, &headers, &query)?;
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -146,36 +139,26 @@ pub(crate) async fn upgrade(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect::<Vec<_>>();
-    let chosen = match Protocol::negotiate(offered.iter().copied()) {
-        Ok(p) => p,
-        Err(names) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "unsupported_subprotocol",
-                format!(
-                    "offered {names}; this gateway speaks ziraai.v1.json and ziraai.v1.msgpack"
-                ),
-            );
-        }
-    };
-    let (since, device) = match resume_params(&query) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => return refuse(e.status(), "not_a_websocket", e.body_text()),
-    };
+    let chosen = Protocol::negotiate(offered.iter().copied()).map_err(|names| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_subprotocol",
+            format!("offered {names}; this gateway speaks ziraai.v1.json and ziraai.v1.msgpack"),
+        )
+    })?;
+    let (since, device) = resume_params(&query)?;
+    let ws = ws.map_err(|e| refuse(e.status(), "not_a_websocket", e.body_text()))?;
     let user = identity.user_id;
-    let resume = match resume_point(&app, &user, since, device.as_ref()).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    let resume = resume_point(&app, &user, since, device.as_ref()).await?;
     let protocol = chosen.unwrap_or(Protocol::Json);
     let membership = app.hub.join(user.clone(), protocol, app.cfg.outbound_queue);
     if let Err(e) = membership.guard.ready(app.cfg.subscribe_timeout).await {
         tracing::warn!(user = %user, error = %e, "cannot subscribe for a new socket");
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e);
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            e,
+        ));
     }
     let mut ws = ws
         .read_buffer_size(READ_BUFFER)
@@ -222,7 +205,7 @@ pub(crate) async fn upgrade(
         resync: app.resync.clone(),
         stats: app.stats.clone(),
     };
-    ws.on_upgrade(move |socket: WebSocket| async move {
+    Ok(ws.on_upgrade(move |socket: WebSocket| async move {
         let _tracked = tracked;
         let _guard = membership.guard;
         app.connections.fetch_add(1, Ordering::Relaxed);
@@ -233,8 +216,7 @@ pub(crate) async fn upgrade(
             app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
-    })
-    .into_response()
+    }))
 }
 
 fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
