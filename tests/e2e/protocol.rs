@@ -117,7 +117,7 @@ async fn a_socket_that_does_not_read_is_closed_as_slow_without_hurting_others() 
     let gw = TestGateway::start_with(gateway_config(
         &nats,
         &[
-            ("ZIRAAI_GATEWAY_OUTBOUND_QUEUE", "4"),
+            ("ZIRAAI_GATEWAY_OUTBOUND_QUEUE", "32"),
             ("ZIRAAI_GATEWAY_WRITE_TIMEOUT", "1s"),
         ],
     ))
@@ -133,7 +133,8 @@ async fn a_socket_that_does_not_read_is_closed_as_slow_without_hurting_others() 
     // the gateway gives up on it; the reading socket keeps up all along.
     within("slow consumer closed", async {
         while gw.probe.connections() == 2 {
-            for _ in 0..10 {
+            // Bursts smaller than the queue: a socket that reads keeps up.
+            for _ in 0..8 {
                 last = publish_completed(&publisher, &u, big.clone()).await.1.seq;
             }
             while received < last {

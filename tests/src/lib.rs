@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use ziraai_common::Config;
 use ziraai_gateway::{App, Probe};
 use ziraai_proto::UserId;
@@ -68,12 +67,14 @@ pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> Config {
     Config::load(&vars).expect("test configuration is valid")
 }
 
-/// A gateway running in-process.
+/// A gateway running in-process on a runtime of its own, so a test can kill it
+/// abruptly (every task dropped, every socket cut, nothing flushed) like a crash.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub probe: Probe,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    done: Option<oneshot::Receiver<anyhow::Result<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl TestGateway {
@@ -84,20 +85,42 @@ impl TestGateway {
 
     /// Starts a gateway with `config`.
     pub async fn start_with(config: Config) -> Self {
-        let app = within("gateway build", App::build(config))
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-gateway")
+            .enable_all()
+            .build()
+            .expect("gateway runtime");
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        runtime.spawn(async move {
+            let app = match App::build(config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let bound = app.local_addr().map(|a| (a, app.probe()));
+            let _ = ready_tx.send(bound.map_err(anyhow::Error::from));
+            let result = app
+                .run_until_stopped(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            let _ = done_tx.send(result);
+        });
+        let (addr, probe) = within("gateway build", ready_rx)
             .await
+            .expect("gateway task alive")
             .expect("gateway builds");
-        let addr = app.local_addr().expect("bound");
-        let probe = app.probe();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(app.run_until_stopped(async {
-            let _ = rx.await;
-        }));
         Self {
             addr,
             probe,
-            stop: Some(tx),
-            task: Some(task),
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+            runtime: Some(runtime),
         }
     }
 
@@ -111,15 +134,28 @@ impl TestGateway {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        let task = self.task.take().context("already stopped")?;
-        within("gateway shutdown", task)
+        let done = self.done.take().context("already stopped")?;
+        within("gateway shutdown", done)
             .await
-            .context("gateway task panicked")?
+            .context("gateway task died")?
+    }
+
+    /// Kills the gateway: no close frames, no cursor flush, no drain.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 
     /// `GET path` on this gateway: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path).await
+    }
+
+    /// `/health` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        let (_, body) = self.get("/health").await;
+        serde_json::from_str(&body).expect("health is JSON")
     }
 }
 
@@ -127,6 +163,9 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -19,6 +20,11 @@ use crate::tracking::TrackKind;
 const WRITE_BATCH: usize = 64;
 /// Delivered-but-unacknowledged sequences remembered per socket for ack tracking.
 const MAX_UNACKED: usize = 4096;
+/// How long a session retries reading the stream (broker restarting, leader
+/// election) before it closes the socket so the client resumes elsewhere.
+const READ_PATIENCE: Duration = Duration::from_secs(20);
+/// First retry delay of a failed stream read; doubles up to one second.
+const READ_RETRY: Duration = Duration::from_millis(100);
 
 pub(super) struct Conn<S, B> {
     socket: S,
@@ -139,14 +145,9 @@ where
     async fn catch_up(&mut self, until: Option<u64>) -> Step {
         let mut sent = 0usize;
         loop {
-            let next = match self.s.backend.next_after(self.last_seen).await {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::warn!(error = %e, after = self.last_seen, "cannot read the stream for this socket");
-                    return Err(Stop::Close(CloseReason::Unavailable));
-                }
+            let Some(event) = self.read_next().await? else {
+                return Ok(());
             };
-            let Some(event) = next else { return Ok(()) };
             if until.is_some_and(|u| event.seq >= u) {
                 return Ok(());
             }
@@ -156,6 +157,31 @@ where
             if sent.is_multiple_of(WRITE_BATCH) {
                 self.flush().await?;
             }
+        }
+    }
+
+    /// The next stored event after `last_seen`, retrying while the stream is
+    /// unavailable (for at most [`READ_PATIENCE`]).
+    async fn read_next(&mut self) -> Result<Option<Event>, Stop> {
+        let started = Instant::now();
+        let mut delay = READ_RETRY;
+        loop {
+            match self.s.backend.next_after(self.last_seen).await {
+                Ok(next) => return Ok(next),
+                Err(e) if started.elapsed() >= READ_PATIENCE => {
+                    tracing::warn!(error = %e, after = self.last_seen, "cannot read the stream for this socket; closing it");
+                    return Err(Stop::Close(CloseReason::Unavailable));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, after = self.last_seen, "stream read failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = self.ctl.cancel.cancelled() => return Err(Stop::Close(self.ctl.reason.get().cloned().unwrap_or(CloseReason::Internal))),
+                _ = self.s.shutdown.cancelled() => return Err(Stop::Close(CloseReason::Shutdown)),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 
