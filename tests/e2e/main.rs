@@ -2,6 +2,10 @@
 
 mod auth;
 mod delivery;
+mod durable;
 mod lifecycle;
+mod polling;
 mod protocol;
 mod scale_out;
+mod shutdown;
+mod soak;

@@ -82,6 +82,60 @@ impl WsClient {
         Self::open_with(url, user, None).await
     }
 
+    /// Connects as `user` with extra query parameters (`since=…&deviceId=…`) and returns
+    /// the client and its welcome frame.
+    pub async fn resume(
+        url: &str,
+        user: &ziraai_proto::UserId,
+        query: &str,
+    ) -> (Self, ServerFrame) {
+        let url = format!("{url}?{query}");
+        let mut c = Self::connect(&url, Some(&crate::token(user)), None)
+            .await
+            .expect("upgrade accepted");
+        let welcome = c.frame().await;
+        assert!(
+            matches!(welcome, ServerFrame::Welcome { .. }),
+            "expected welcome, got {welcome:?}"
+        );
+        (c, welcome)
+    }
+
+    /// Acknowledges every event up to `seq`.
+    pub async fn ack(&mut self, seq: u64) {
+        self.send_text(&format!(r#"{{"type":"ack","seq":{seq}}}"#))
+            .await;
+    }
+
+    /// The sequences of the next `n` events.
+    pub async fn seqs(&mut self, n: usize) -> Vec<u64> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.event().await.seq);
+        }
+        out
+    }
+
+    /// Reads frames until the socket ends (closed by either side or cut); returns the
+    /// event sequences seen. Bounded by `STEP`.
+    pub async fn drain_events(&mut self) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        let _ = tokio::time::timeout(STEP, async {
+            while let Some(Ok(m)) = self.ws.next().await {
+                let frame: Option<ServerFrame> = match m {
+                    Message::Text(t) => serde_json::from_str(&t).ok(),
+                    Message::Binary(b) => rmp_serde::from_slice(&b).ok(),
+                    _ => None,
+                };
+                if let Some(ServerFrame::Event(e)) = frame {
+                    seqs.push(e.seq);
+                }
+            }
+        })
+        .await;
+        seqs
+    }
+
     /// Connects as `user` offering `offer`, and consumes the welcome frame.
     pub async fn open_with(url: &str, user: &ziraai_proto::UserId, offer: Option<&str>) -> Self {
         let mut c = Self::connect(url, Some(&crate::token(user)), offer)

@@ -172,9 +172,32 @@ impl Drop for TestGateway {
 
 /// Minimal HTTP/1.1 GET (the health endpoints need no more).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    within("HTTP GET", async {
+    http_request(addr, "GET", path, None, None).await
+}
+
+/// Minimal HTTP/1.1 request with an optional bearer token and JSON body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&serde_json::Value>,
+) -> (u16, String) {
+    within("HTTP request", async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let body = json.map(|j| j.to_string()).unwrap_or_default();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(t) = bearer {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if json.is_some() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
         s.write_all(req.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");
@@ -191,6 +214,45 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         (status, body)
     })
     .await
+}
+
+/// The stored cursor of (user, device) in the `CURSORS` bucket.
+pub async fn stored_cursor(nats: &NatsServer, user: &UserId, device: &str) -> Option<u64> {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let kv = within(
+        "bind CURSORS",
+        js.get_key_value(ziraai_common::nats::CURSORS_BUCKET),
+    )
+    .await
+    .expect("bucket exists");
+    let value = within("read cursor", kv.get(format!("{user}.{device}")))
+        .await
+        .expect("readable")?;
+    std::str::from_utf8(&value).ok()?.parse().ok()
+}
+
+/// Waits until the device's stored cursor is `seq`.
+pub async fn wait_for_cursor(nats: &NatsServer, user: &UserId, device: &str, seq: u64) {
+    within("cursor stored", async {
+        while stored_cursor(nats, user, device).await != Some(seq) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Publishes `n` completed analyses for `user`; returns their sequences.
+pub async fn publish_many(publisher: &Publisher, user: &UserId, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        seqs.push(
+            publish_completed(publisher, user, serde_json::json!(i))
+                .await
+                .1
+                .seq,
+        );
+    }
+    seqs
 }
 
 /// Publishes a completed analysis for `user` through the worker's `Publisher`.
