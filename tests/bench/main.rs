@@ -20,6 +20,7 @@ struct Args {
     sockets: usize,
     events: usize,
     rate: u64,
+    tracking: bool,
 }
 
 fn args() -> Args {
@@ -27,9 +28,14 @@ fn args() -> Args {
         sockets: 2000,
         events: 2000,
         rate: 500,
+        tracking: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--no-tracking" {
+            a.tracking = false;
+            continue;
+        }
         let value = it
             .next()
             .and_then(|v| v.parse::<u64>().ok())
@@ -38,7 +44,9 @@ fn args() -> Args {
             "--sockets" => a.sockets = value as usize,
             "--events" => a.events = value as usize,
             "--rate" => a.rate = value.max(1),
-            other => panic!("unknown flag {other} (use --sockets, --events, --rate)"),
+            other => {
+                panic!("unknown flag {other} (use --sockets, --events, --rate, --no-tracking)")
+            }
         }
     }
     a
@@ -52,6 +60,19 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process, in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the full line: 12 and 13 here, in ticks of 10 ms.
+    (fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)) * 10
 }
 
 fn machine() -> String {
@@ -99,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
         .env("ZIRAAI_GATEWAY_LISTEN", &listen)
         .env("ZIRAAI_LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
+        .env(
+            "ZIRAAI_DELIVERY_TRACKING",
+            if args.tracking { "true" } else { "false" },
+        )
         .kill_on_drop(true)
         .spawn()?;
     let pid = gateway.id().unwrap_or(0);
@@ -137,6 +162,10 @@ async fn main() -> anyhow::Result<()> {
                     if let Some(sent) = v["data"]["result"]["sentAtNanos"].as_u64() {
                         let now = epoch.elapsed().as_nanos() as u64;
                         let _ = lat_tx.send(Duration::from_nanos(now.saturating_sub(sent)));
+                        // Acknowledge like a real client (tracked as "acked").
+                        let ack = format!(r#"{{"type":"ack","seq":{}}}"#, v["seq"]);
+                        let _ =
+                            futures_util::SinkExt::send(&mut ws, Message::Text(ack.into())).await;
                     }
                 }
             }
@@ -149,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Publish events to random users at the target rate.
     let publisher = nats.publisher().await;
+    let cpu_before = cpu_ms(pid);
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut expected = 0usize;
@@ -182,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     lat.sort();
+    let cpu_events = cpu_ms(pid).saturating_sub(cpu_before);
     let after = rss_kib(pid);
     for r in readers {
         r.abort();
@@ -206,6 +237,11 @@ async fn main() -> anyhow::Result<()> {
         publish_time,
         lat.len(),
         expected
+    );
+    println!(
+        "gateway CPU during the events: {cpu_events} ms = {:.1} µs per delivery (delivery tracking {})",
+        cpu_events as f64 * 1000.0 / lat.len().max(1) as f64,
+        if args.tracking { "on" } else { "off" }
     );
     println!(
         "publish-to-receive latency: p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}",

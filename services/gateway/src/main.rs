@@ -39,6 +39,12 @@ enum Command {
         /// Use this token instead of minting one.
         #[arg(long, env = "ZIRAAI_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Device id: resume from this device's cursor (acks advance it).
+        #[arg(long)]
+        device: Option<String>,
+        /// Replay every event after this sequence first.
+        #[arg(long)]
+        since: Option<u64>,
     },
 }
 
