@@ -61,9 +61,27 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Token { user, ttl } => token(&config, &user, ttl),
-        Command::Watch { url, user, token } => {
+        Command::Watch {
+            url,
+            user,
+            token,
+            device,
+            since,
+        } => {
             let token =
                 token.unwrap_or_else(|| auth::mint(&config.auth.jwt_secret, &user, 24 * 3600));
+            let mut params = Vec::new();
+            if let Some(d) = device {
+                params.push(format!("deviceId={d}"));
+            }
+            if let Some(s) = since {
+                params.push(format!("since={s}"));
+            }
+            let url = if params.is_empty() {
+                url
+            } else {
+                format!("{url}?{}", params.join("&"))
+            };
             watch::run(&url, &token, shutdown::signal()).await
         }
     };
