@@ -13,7 +13,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_nats::HeaderMap;
 use axum::extract::ws::Message;
 use bytes::Bytes;
+use ziraai_proto::signalr::{HubProtocol, ServerMessage, target_for_kind};
 use ziraai_proto::{Envelope, EventFrame, PayloadEncoding, Protocol, ServerFrame, headers};
+
+/// How a socket wants its events: a native protocol or a SignalR hub protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Native(Protocol),
+    Hub(HubProtocol),
+}
+
+impl Encoding {
+    fn index(self) -> usize {
+        match self {
+            Self::Native(Protocol::Json) => 0,
+            Self::Native(Protocol::MsgPack) => 1,
+            Self::Hub(HubProtocol::Json) => 2,
+            Self::Hub(HubProtocol::MessagePack) => 3,
+        }
+    }
+}
 
 /// Counters of the delivery path (exported by `/health`).
 #[derive(Debug, Default)]
@@ -56,8 +75,8 @@ pub struct Event {
     pub last_seq: u64,
     /// `None` for a malformed message: sockets skip it but move past it.
     pub frame: Option<ServerFrame>,
-    json: OnceLock<Message>,
-    msgpack: OnceLock<Message>,
+    /// One lazily encoded message per [`Encoding`].
+    encoded: [OnceLock<Message>; 4],
 }
 
 impl Event {
@@ -88,8 +107,7 @@ impl Event {
             seq,
             last_seq,
             frame,
-            json: OnceLock::new(),
-            msgpack: OnceLock::new(),
+            encoded: Default::default(),
         }
     }
 
@@ -112,17 +130,36 @@ impl Event {
         ))
     }
 
-    /// The encoded frame for `protocol` (encoded on first use, then shared).
-    pub fn message(&self, protocol: Protocol) -> Option<Message> {
-        let frame = self.frame.as_ref()?;
-        let cell = match protocol {
-            Protocol::Json => &self.json,
-            Protocol::MsgPack => &self.msgpack,
+    /// The event encoded for `encoding` (encoded on first use, then shared by every
+    /// socket of the user on this gateway); `None` for a malformed event.
+    pub fn encoded(&self, encoding: Encoding) -> Option<Message> {
+        let Some(ServerFrame::Event(e)) = self.frame.as_ref() else {
+            return None;
         };
+        let cell = &self.encoded[encoding.index()];
         Some(
-            cell.get_or_init(|| match protocol {
-                Protocol::Json => Message::Text(frame.to_json().into()),
-                Protocol::MsgPack => Message::Binary(Bytes::from(frame.to_msgpack())),
+            cell.get_or_init(|| match encoding {
+                Encoding::Native(Protocol::Json) => {
+                    Message::Text(ServerFrame::Event(e.clone()).to_json().into())
+                }
+                Encoding::Native(Protocol::MsgPack) => {
+                    Message::Binary(Bytes::from(ServerFrame::Event(e.clone()).to_msgpack()))
+                }
+                Encoding::Hub(protocol) => {
+                    let target = target_for_kind(&e.kind);
+                    let bytes = ServerMessage::Invocation {
+                        target: &target,
+                        argument: &e.data,
+                    }
+                    .encode(protocol);
+                    match protocol {
+                        // JSON hub messages are UTF-8 text (serde_json output plus 0x1E).
+                        HubProtocol::Json => {
+                            Message::Text(String::from_utf8_lossy(&bytes).into_owned().into())
+                        }
+                        HubProtocol::MessagePack => Message::Binary(Bytes::from(bytes)),
+                    }
+                }
             })
             .clone(),
         )
@@ -148,14 +185,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let bad = Event::decode(7, 6, None, b"{oops");
-        assert!(bad.frame.is_none() && bad.message(Protocol::Json).is_none());
+        assert!(bad.frame.is_none() && bad.encoded(Encoding::Native(Protocol::Json)).is_none());
     }
 
     #[test]
-    fn encodes_once_per_protocol() {
+    fn encodes_once_per_encoding() {
         let e = Event::decode(1, 0, None, br#"{"kind":"a","data":{}}"#);
-        let (Some(Message::Text(a)), Some(Message::Text(b))) =
-            (e.message(Protocol::Json), e.message(Protocol::Json))
+        let json = Encoding::Native(Protocol::Json);
+        let (Some(Message::Text(a)), Some(Message::Text(b))) = (e.encoded(json), e.encoded(json))
         else {
             panic!("JSON is text")
         };
@@ -165,7 +202,18 @@ mod tests {
             "shared, not re-encoded"
         );
         assert!(matches!(
-            e.message(Protocol::MsgPack),
+            e.encoded(Encoding::Native(Protocol::MsgPack)),
+            Some(Message::Binary(_))
+        ));
+        let Some(Message::Text(hub)) = e.encoded(Encoding::Hub(HubProtocol::Json)) else {
+            panic!("hub JSON is text")
+        };
+        assert_eq!(
+            hub.as_str(),
+            "{\"arguments\":[{}],\"target\":\"A\",\"type\":1}\u{1e}"
+        );
+        assert!(matches!(
+            e.encoded(Encoding::Hub(HubProtocol::MessagePack)),
             Some(Message::Binary(_))
         ));
     }

@@ -22,9 +22,9 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ziraai_proto::{Protocol, UserId};
+use ziraai_proto::UserId;
 
-use crate::delivery::{Event, Stats};
+use crate::delivery::{Encoding, Event, Stats};
 use crate::session::SocketCtl;
 
 /// Why a socket could not join its user's channel.
@@ -45,7 +45,7 @@ enum SubState {
 
 struct Slot {
     id: u64,
-    protocol: Protocol,
+    encoding: Encoding,
     tx: mpsc::Sender<Arc<Event>>,
     ctl: Arc<SocketCtl>,
 }
@@ -113,7 +113,7 @@ impl Hub {
     }
 
     /// Adds a socket for `user` with an outbound queue of `queue` frames.
-    pub fn join(self: &Arc<Self>, user: UserId, protocol: Protocol, queue: usize) -> Membership {
+    pub fn join(self: &Arc<Self>, user: UserId, encoding: Encoding, queue: usize) -> Membership {
         let (tx, rx) = mpsc::channel(queue);
         let ctl = Arc::new(SocketCtl::default());
         let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
@@ -138,7 +138,7 @@ impl Hub {
             .clone();
         lock(&channel.sockets).push(Slot {
             id,
-            protocol,
+            encoding,
             tx,
             ctl: ctl.clone(),
         });
@@ -273,7 +273,7 @@ fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
     let sockets = lock(&channel.sockets);
     for slot in sockets.iter() {
         // Encode for this protocol once, in the fan-out task rather than per socket.
-        let _ = event.message(slot.protocol);
+        let _ = event.encoded(slot.encoding);
         match slot.tx.try_send(event.clone()) {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);

@@ -1,45 +1,33 @@
-//! One WebSocket session of the native protocol, generic over the socket so the loop
-//! is unit-tested with channel pairs and run for real over axum's WebSocket.
+//! One WebSocket session, generic over the socket (unit-tested with channel pairs, run
+//! for real over axum's WebSocket) and over the wire dialect (the native protocol, or
+//! the SignalR hub protocol).
 //!
-//! A session writes the welcome frame, replays the user's stored events after its
-//! start position, then goes live: events from the hub's queue are sent in order,
-//! repeats (sequence at or below the last sent) are dropped, and a gap (the event's
+//! A session greets the client, replays the user's stored events after its start
+//! position, then goes live: events from the hub's queue are sent in order, repeats
+//! (sequence at or below the last sent) are dropped, and a gap (the event's
 //! `Nats-Last-Sequence` above the last sent) is filled from the stream first. The loop
-//! (in `conn`) also answers pings, applies acks to the device cursor, keeps the
+//! (in `conn`) also answers the client, applies acks to the device cursor, keeps the
 //! connection alive, and closes on the hub's request or the gateway's shutdown.
-//! Every close the server initiates for a client fault is preceded by an `error` frame.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message};
+use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::sync::Arc;
-
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use ziraai_proto::{Protocol, ServerFrame};
 
-use crate::delivery::{Event, Stats};
+use crate::delivery::{Encoding, Event, Stats};
 use crate::tracking::TrackKind;
 
 mod conn;
+pub mod native;
+
+pub use native::close_code;
 
 /// How long the close handshake may take before the socket is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// Close codes the gateway sends (RFC 6455 §7.4.1).
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const RESTART: u16 = 1012;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// Why the server ends a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,54 +48,6 @@ pub enum CloseReason {
     Internal,
     /// The stream could not be read to replay or fill a gap; reconnect to resume.
     Unavailable,
-}
-
-impl CloseReason {
-    /// Close code, and the error frame (`code`, message) if the client is at fault.
-    fn describe(&self) -> (u16, Option<(&'static str, String)>) {
-        use close_code::*;
-        match self {
-            Self::SlowConsumer => (
-                TRY_AGAIN_LATER,
-                Some((
-                    "slow_consumer",
-                    "events arrived faster than this socket read them; reconnect".into(),
-                )),
-            ),
-            Self::Undecodable(m) => (INVALID_DATA, Some(("invalid_frame", m.clone()))),
-            Self::Unsupported(m) => (POLICY, Some(("unsupported_frame", m.clone()))),
-            Self::TooBig => (
-                TOO_BIG,
-                Some(("frame_too_large", "frame exceeds the size limit".into())),
-            ),
-            Self::Idle => (
-                GOING_AWAY,
-                Some(("idle_timeout", "no data or pong from the client".into())),
-            ),
-            Self::Shutdown => (RESTART, None),
-            Self::Unavailable => (
-                TRY_AGAIN_LATER,
-                Some((
-                    "unavailable",
-                    "the event log cannot be read right now; reconnect to resume".into(),
-                )),
-            ),
-            Self::Internal => (INTERNAL, None),
-        }
-    }
-
-    fn reason_text(&self) -> &'static str {
-        match self {
-            Self::SlowConsumer => "slow consumer",
-            Self::Undecodable(_) => "invalid frame",
-            Self::Unsupported(_) => "unsupported frame",
-            Self::TooBig => "frame too large",
-            Self::Idle => "idle timeout",
-            Self::Shutdown => "gateway restarting; reconnect",
-            Self::Internal => "internal error",
-            Self::Unavailable => "event log unavailable; reconnect",
-        }
-    }
 }
 
 /// Shared between a socket's session and the hub.
@@ -149,11 +89,10 @@ impl SocketCtl {
     }
 }
 
-/// Per-session timing limits.
+/// Per-session limits.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub write_timeout: Duration,
-    pub ping_interval: Duration,
     /// Shortest interval between two cursor writes.
     pub cursor_flush: Duration,
 }
@@ -187,10 +126,48 @@ pub trait Backend: Send + Sync {
     fn track(&self, kind: TrackKind, seq: u64);
 }
 
-/// Everything a session is started with, besides the socket and its queue.
+/// How a dialect keeps a connection alive.
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    /// How often the loop checks.
+    pub tick: Duration,
+    /// Send `ping` when nothing was sent for this long (zero: at every tick).
+    pub ping_when_idle: Duration,
+    /// Close ([`CloseReason::Idle`]) when nothing was heard for this long.
+    pub heard_timeout: Duration,
+    pub ping: Message,
+}
+
+/// What the session does with one client message.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Write this back.
+    Reply(Message),
+    /// The client acknowledged every event up to this sequence.
+    Ack(u64),
+    /// End the session for this reason.
+    Close(CloseReason),
+    /// The client ends the session.
+    Gone,
+}
+
+/// A wire protocol spoken over the socket.
+pub trait Dialect: Send {
+    /// Written before the replay starts (the native welcome frame).
+    fn greeting(&self) -> Option<Message>;
+    /// How this socket's events are encoded (shared per gateway, see [`Event::encoded`]).
+    fn encoding(&self) -> Encoding;
+    /// Interprets one text or binary message from the client.
+    fn inbound(&mut self, msg: &Message) -> Vec<Inbound>;
+    fn keepalive(&self) -> Keepalive;
+    /// The messages ending the session for `reason`, the WebSocket close frame last.
+    fn farewell(&self, reason: &CloseReason) -> Vec<Message>;
+    /// Whether a written event counts as acknowledged (clients that send no acks).
+    fn acks_on_write(&self) -> bool;
+}
+
+/// Everything a session is started with, besides the socket, its queue and dialect.
 pub struct Session<B> {
-    pub protocol: Protocol,
-    pub welcome: ServerFrame,
     pub limits: SessionLimits,
     /// Replay every stored event after this sequence before going live.
     pub start_after: u64,
@@ -201,16 +178,9 @@ pub struct Session<B> {
     pub stats: Arc<Stats>,
 }
 
-pub(crate) fn encode(frame: &ServerFrame, protocol: Protocol) -> Message {
-    match protocol {
-        Protocol::Json => Message::Text(frame.to_json().into()),
-        Protocol::MsgPack => Message::Binary(frame.to_msgpack().into()),
-    }
-}
-
 /// How serving a socket stopped.
 pub(crate) enum Stop {
-    /// The server closes: error frame (if any) and close frame.
+    /// The server closes: the dialect's farewell.
     Close(CloseReason),
     /// The socket is gone or unusable; nothing more can be written.
     Gone,
@@ -218,51 +188,43 @@ pub(crate) enum Stop {
 
 /// Runs a session until the client leaves or the server closes it; returns why the
 /// server closed it (`None` when the client closed or vanished).
-pub async fn run<S, E, B>(
+pub async fn run<S, E, B, D>(
     socket: S,
     queue: mpsc::Receiver<Arc<Event>>,
     ctl: Arc<SocketCtl>,
     session: Session<B>,
+    dialect: D,
 ) -> Option<CloseReason>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
     E: SocketError,
     B: Backend,
+    D: Dialect,
 {
-    let protocol = session.protocol;
     let write_timeout = session.limits.write_timeout;
-    let mut conn = conn::Conn::new(socket, queue, ctl, session);
+    let mut conn = conn::Conn::new(socket, queue, ctl, session, dialect);
     let stop = conn.serve().await;
     conn.save_cursor_if_dirty().await;
     match stop {
         Stop::Gone => None,
         Stop::Close(reason) => {
-            close(conn.socket(), &reason, protocol, write_timeout).await;
+            let farewell = conn.dialect().farewell(&reason);
+            close(conn.socket(), farewell, write_timeout).await;
             Some(reason)
         }
     }
 }
 
-/// Sends the error frame (if any) and the close frame, then lets the client answer.
-async fn close<S, E>(socket: &mut S, reason: &CloseReason, protocol: Protocol, timeout: Duration)
+/// Writes the farewell messages, then lets the client answer the close.
+pub(crate) async fn close<S, E>(socket: &mut S, farewell: Vec<Message>, timeout: Duration)
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
 {
-    let (code, error) = reason.describe();
     let send = async {
-        if let Some((code, message)) = error {
-            let frame = ServerFrame::Error {
-                code: code.into(),
-                message,
-            };
-            socket.feed(encode(&frame, protocol)).await?;
+        for m in farewell {
+            socket.feed(m).await?;
         }
-        socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.reason_text().into(),
-            })))
-            .await
+        socket.flush().await
     };
     if !matches!(tokio::time::timeout(timeout, send).await, Ok(Ok(()))) {
         return;

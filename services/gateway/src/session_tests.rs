@@ -125,9 +125,9 @@ struct Peer {
 
 const LIMITS: SessionLimits = SessionLimits {
     write_timeout: Duration::from_secs(5),
-    ping_interval: Duration::from_secs(30),
     cursor_flush: Duration::from_secs(1),
 };
+const PING_INTERVAL: Duration = Duration::from_secs(30);
 
 fn start(protocol: Protocol) -> Peer {
     start_with(protocol, Arc::new(MemBackend::default()), 0)
@@ -148,9 +148,12 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         device_id: None,
     };
     let (resync, resync_rx) = watch::channel(0);
-    let session = Session {
+    let dialect = native::NativeDialect {
         protocol,
         welcome,
+        ping_interval: PING_INTERVAL,
+    };
+    let session = Session {
         limits: LIMITS,
         start_after,
         backend: backend.clone(),
@@ -163,6 +166,7 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         queue_rx,
         ctl.clone(),
         session,
+        dialect,
     ));
     Peer {
         to_server,
@@ -179,7 +183,7 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
 impl Peer {
     async fn next(&mut self) -> Message {
         // Longer than the keep-alive timers, which paused-time tests skip through.
-        let bound = LIMITS.ping_interval * 4;
+        let bound = PING_INTERVAL * 4;
         tokio::time::timeout(bound, self.from_server.recv())
             .await
             .expect("a frame in time")

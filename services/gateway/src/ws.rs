@@ -16,7 +16,9 @@ use ziraai_proto::{DeviceId, Protocol, ServerFrame, UserId};
 
 use crate::AppState;
 use crate::backend::NatsBackend;
+use crate::delivery::Encoding;
 use crate::http::{ApiError, authenticate, refuse};
+use crate::session::native::NativeDialect;
 use crate::session::{self, CloseReason, Session, SessionLimits};
 
 /// Socket read buffer: clients only send small frames (see stack notes: 128 KiB
@@ -151,7 +153,11 @@ pub(crate) async fn upgrade(
     let user = identity.user_id;
     let resume = resume_point(&app, &user, since, device.as_ref()).await?;
     let protocol = chosen.unwrap_or(Protocol::Json);
-    let membership = app.hub.join(user.clone(), protocol, app.cfg.outbound_queue);
+    let membership = app.hub.join(
+        user.clone(),
+        Encoding::Native(protocol),
+        app.cfg.outbound_queue,
+    );
     if let Err(e) = membership.guard.ready(app.cfg.subscribe_timeout).await {
         tracing::warn!(user = %user, error = %e, "cannot subscribe for a new socket");
         return Err(refuse(
@@ -191,12 +197,14 @@ pub(crate) async fn upgrade(
         tracking: app.tracking.clone(),
         connection_id: connection_id.clone(),
     };
-    let session = Session {
+    let dialect = NativeDialect {
         protocol,
         welcome,
+        ping_interval: app.cfg.ping_interval,
+    };
+    let session = Session {
         limits: SessionLimits {
             write_timeout: app.cfg.write_timeout,
-            ping_interval: app.cfg.ping_interval,
             cursor_flush: app.cfg.cursor_flush_interval,
         },
         start_after: resume.start_after,
@@ -210,7 +218,7 @@ pub(crate) async fn upgrade(
         let _guard = membership.guard;
         app.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%connection_id, user = %user, ?protocol, "socket open");
-        let end = session::run(socket, membership.rx, membership.ctl, session).await;
+        let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {
             app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::{Backend, CloseReason, Dialect, Inbound, Session, SocketCtl, SocketError, Stop};
+use crate::delivery::Event;
+use crate::tracking::TrackKind;
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use ziraai_proto::{ClientFrame, ClientFrameError};
-
-use super::{Backend, CloseReason, Session, SocketCtl, SocketError, Stop, encode};
-use crate::delivery::Event;
-use crate::tracking::TrackKind;
 
 /// Most live frames written per flush.
 const WRITE_BATCH: usize = 64;
@@ -26,33 +24,37 @@ const READ_PATIENCE: Duration = Duration::from_secs(20);
 /// First retry delay of a failed stream read; doubles up to one second.
 const READ_RETRY: Duration = Duration::from_millis(100);
 
-pub(super) struct Conn<S, B> {
+pub(super) struct Conn<S, B, D> {
     socket: S,
     queue: mpsc::Receiver<Arc<Event>>,
     ctl: Arc<SocketCtl>,
     s: Session<B>,
+    d: D,
     /// Highest sequence sent or skipped: everything up to it is done.
     last_seen: u64,
     /// Sent, not yet acknowledged (for ack tracking), oldest first.
     unacked: VecDeque<u64>,
     last_heard: Instant,
+    last_sent: Instant,
     cursor_dirty: bool,
     last_cursor_save: Option<Instant>,
 }
 
 type Step = Result<(), Stop>;
 
-impl<S, E, B> Conn<S, B>
+impl<S, E, B, D> Conn<S, B, D>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
     E: SocketError,
     B: Backend,
+    D: Dialect,
 {
     pub(super) fn new(
         socket: S,
         queue: mpsc::Receiver<Arc<Event>>,
         ctl: Arc<SocketCtl>,
         s: Session<B>,
+        d: D,
     ) -> Self {
         Self {
             socket,
@@ -60,8 +62,10 @@ where
             ctl,
             last_seen: s.start_after,
             s,
+            d,
             unacked: VecDeque::new(),
             last_heard: Instant::now(),
+            last_sent: Instant::now(),
             cursor_dirty: false,
             last_cursor_save: None,
         }
@@ -69,6 +73,10 @@ where
 
     pub(super) fn socket(&mut self) -> &mut S {
         &mut self.socket
+    }
+
+    pub(super) fn dialect(&self) -> &D {
+        &self.d
     }
 
     pub(super) async fn serve(&mut self) -> Stop {
@@ -79,11 +87,12 @@ where
     }
 
     async fn serve_inner(&mut self) -> Step {
-        let welcome = encode(&self.s.welcome, self.s.protocol);
-        self.write(welcome).await?;
+        if let Some(greeting) = self.d.greeting() {
+            self.write(greeting).await?;
+        }
         self.catch_up_all().await?;
-        let interval = self.s.limits.ping_interval;
-        let mut pings = tokio::time::interval_at(Instant::now() + interval, interval);
+        let keepalive = self.d.keepalive();
+        let mut pings = tokio::time::interval_at(Instant::now() + keepalive.tick, keepalive.tick);
         let flush = self.s.limits.cursor_flush;
         let mut cursor_tick = tokio::time::interval_at(Instant::now() + flush, flush);
         let mut resync_open = true;
@@ -115,10 +124,12 @@ where
                     self.inbound(incoming).await?;
                 }
                 _ = pings.tick() => {
-                    if self.last_heard.elapsed() >= interval * 3 {
+                    if self.last_heard.elapsed() >= keepalive.heard_timeout {
                         return Err(Stop::Close(CloseReason::Idle));
                     }
-                    self.write(Message::Ping(Default::default())).await?;
+                    if self.last_sent.elapsed() >= keepalive.ping_when_idle {
+                        self.write(keepalive.ping.clone()).await?;
+                    }
                 }
                 _ = cursor_tick.tick() => self.save_cursor_if_dirty().await,
             }
@@ -212,7 +223,7 @@ where
 
     /// Queues one event on the socket (or skips a malformed one) and moves past it.
     async fn emit(&mut self, event: &Event) -> Step {
-        if let Some(msg) = event.message(self.s.protocol) {
+        if let Some(msg) = event.encoded(self.d.encoding()) {
             self.feed(msg).await?;
             self.s.backend.track(TrackKind::Delivered, event.seq);
             if self.unacked.len() == MAX_UNACKED {
@@ -225,7 +236,7 @@ where
     }
 
     async fn inbound(&mut self, incoming: Option<Result<Message, E>>) -> Step {
-        let frame = match incoming {
+        let msg = match incoming {
             None | Some(Ok(Message::Close(_))) => return Err(Stop::Gone),
             Some(Err(e)) if e.is_too_big() => return Err(Stop::Close(CloseReason::TooBig)),
             Some(Err(e)) => {
@@ -233,27 +244,17 @@ where
                 return Err(Stop::Gone);
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
-            Some(Ok(Message::Text(t))) => ClientFrame::from_json(t.as_str()),
-            Some(Ok(Message::Binary(b))) => ClientFrame::from_msgpack(&b),
+            Some(Ok(m)) => m,
         };
-        match frame {
-            Ok(ClientFrame::Ping) => {
-                let pong = encode(&ziraai_proto::ServerFrame::Pong, self.s.protocol);
-                self.write(pong).await
-            }
-            Ok(ClientFrame::Ack { seq }) => {
-                self.ack(seq).await;
-                Ok(())
-            }
-            Err(ClientFrameError::Undecodable(what)) => Err(Stop::Close(CloseReason::Undecodable(
-                format!("frame is not valid {what}"),
-            ))),
-            Err(ClientFrameError::Unsupported(detail)) => {
-                Err(Stop::Close(CloseReason::Unsupported(format!(
-                    "expected {{\"type\":\"ping\"}} or {{\"type\":\"ack\",\"seq\":n}}: {detail}"
-                ))))
+        for action in self.d.inbound(&msg) {
+            match action {
+                Inbound::Reply(m) => self.write(m).await?,
+                Inbound::Ack(seq) => self.ack(seq).await,
+                Inbound::Close(reason) => return Err(Stop::Close(reason)),
+                Inbound::Gone => return Err(Stop::Gone),
             }
         }
+        Ok(())
     }
 
     /// An ack covers every event up to `seq`; it cannot cover what was not sent.
@@ -299,7 +300,14 @@ where
 
     async fn flush(&mut self) -> Step {
         match tokio::time::timeout(self.s.limits.write_timeout, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.last_sent = Instant::now();
+                if self.d.acks_on_write() && self.last_seen > self.ctl.acked() {
+                    // Written to the socket counts as acknowledged for these clients.
+                    self.ack(self.last_seen).await;
+                }
+                Ok(())
+            }
             Ok(Err(_)) => Err(Stop::Gone),
             Err(_) => Err(self.write_timed_out()),
         }
