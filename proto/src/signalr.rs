@@ -39,6 +39,9 @@ pub enum HandshakeError {
     UnsupportedVersion { protocol: String, version: u64 },
     #[error("An unexpected error occurred during connection handshake.")]
     Malformed,
+    /// Timed out, or larger than the message limit without completing.
+    #[error("Handshake was canceled.")]
+    Canceled,
 }
 
 /// Parses a handshake request from the first bytes a client sent.

@@ -42,6 +42,12 @@ pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest time between two cursor writes of one socket (acks in between coalesce).
 pub const DEFAULT_CURSOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// SignalR: a hub Ping is sent when nothing was sent for this long (.NET default).
+pub const DEFAULT_SIGNALR_KEEPALIVE: Duration = Duration::from_secs(15);
+/// SignalR: a client silent for this long is closed (.NET `ClientTimeoutInterval`).
+pub const DEFAULT_SIGNALR_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// SignalR: largest client message, bytes (.NET `MaximumReceiveMessageSize`).
+pub const DEFAULT_SIGNALR_MAX_MESSAGE: usize = 32 * 1024;
 /// Demo producer: user and interval.
 pub const DEFAULT_DEMO_USER: &str = "demo-farmer";
 pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(5);
@@ -121,6 +127,12 @@ pub struct GatewayConfig {
     pub cursor_flush_interval: Duration,
     /// Record deliveries and acknowledgements in the `DELIVERY` stream.
     pub delivery_tracking: bool,
+    /// SignalR hub keep-alive interval.
+    pub signalr_keepalive: Duration,
+    /// SignalR client timeout.
+    pub signalr_client_timeout: Duration,
+    /// SignalR largest client message.
+    pub signalr_max_message: usize,
 }
 
 /// Verification of client tokens.

@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/health/ready", get(ready))
         .route("/health", get(health));
+    r = r.merge(crate::signalr::routes());
     if state.demo.is_some() {
         r = r.route("/demo", get(crate::demo::page));
     }

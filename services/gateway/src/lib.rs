@@ -14,6 +14,7 @@ mod demo;
 mod http;
 pub mod hub;
 pub mod session;
+pub mod signalr;
 pub mod store;
 pub mod tracking;
 pub mod watch;
@@ -44,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) env: Environment,
     pub(crate) cfg: GatewayConfig,
     pub(crate) auth: Authenticator,
+    /// Signs SignalR connection tokens.
+    pub(crate) auth_secret: secrecy::SecretString,
     pub(crate) hub: Arc<Hub>,
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
@@ -102,6 +105,7 @@ impl App {
         let state = Arc::new(AppState {
             env: config.env,
             auth: Authenticator::new(&config.auth.jwt_secret),
+            auth_secret: config.auth.jwt_secret.clone(),
             hub: Hub::new(client.clone(), &gateway_id, tracker.clone(), stats.clone()),
             cfg: config.gateway,
             client,

@@ -12,14 +12,17 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use ziraai_proto::{DeviceId, Protocol, ServerFrame, UserId};
 
 use crate::AppState;
+use crate::auth::Identity;
 use crate::backend::NatsBackend;
 use crate::delivery::Encoding;
 use crate::http::{ApiError, authenticate, refuse};
+use crate::hub::Membership;
 use crate::session::native::NativeDialect;
-use crate::session::{self, CloseReason, Session, SessionLimits};
+use crate::session::{self, CloseReason, Dialect, Session, SessionLimits};
 
 /// Socket read buffer: clients only send small frames (see stack notes: 128 KiB
 /// defaults cost about 133 KiB of RSS per idle socket).
@@ -110,30 +113,7 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    if !app.cfg.realtime_enabled {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "realtime_disabled",
-            "realtime delivery is switched off; poll /api/v1/notifications",
-        )
-        .retry_after(REALTIME_OFF_RETRY_AFTER));
-    }
-    if app.shutdown.is_cancelled() {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "gateway is shutting down; reconnect to another instance",
-        ));
-    }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !origin_allowed(&app.cfg.allowed_origins, origin) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            format!("origin {:?} is not allowed", origin.unwrap_or("")),
-        ));
-    }
-    let identity = authenticate(&app, &headers, &query)?;
+    let identity = admit(&app, &headers, &query)?;
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -186,7 +166,94 @@ pub(crate) async fn upgrade(
         oldest_available: resume.oldest_available,
         device_id: device.as_ref().map(ToString::to_string),
     };
-    let backend = NatsBackend {
+    let backend = nats_backend(&app, &user, device.clone(), &connection_id);
+    let dialect = NativeDialect {
+        protocol,
+        welcome,
+        ping_interval: app.cfg.ping_interval,
+    };
+    let session = session_for(&app, resume.start_after, backend);
+    Ok(ws.on_upgrade(move |socket: WebSocket| {
+        serve_socket(
+            app,
+            socket,
+            membership,
+            session,
+            dialect,
+            tracked,
+            connection_id,
+            user,
+        )
+    }))
+}
+
+/// Runs one session and keeps the gateway's books: the shutdown tracker, the
+/// connection count, slow-consumer closes, and the user's subscription (the
+/// membership's guard leaves the channel when this returns).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_socket<D: Dialect>(
+    app: Arc<AppState>,
+    socket: WebSocket,
+    membership: Membership,
+    session: Session<NatsBackend>,
+    dialect: D,
+    tracked: TaskTrackerToken,
+    connection_id: Arc<str>,
+    user: UserId,
+) {
+    let _tracked = tracked;
+    let _guard = membership.guard;
+    app.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%connection_id, user = %user, "socket open");
+    let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
+    app.connections.fetch_sub(1, Ordering::Relaxed);
+    if end == Some(CloseReason::SlowConsumer) {
+        app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
+}
+
+/// Refusals shared by every socket endpoint, in order: realtime switch, draining,
+/// origin, authentication.
+pub(crate) fn admit(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Identity, ApiError> {
+    if !app.cfg.realtime_enabled {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "realtime_disabled",
+            "realtime delivery is switched off; poll /api/v1/notifications",
+        )
+        .retry_after(REALTIME_OFF_RETRY_AFTER));
+    }
+    if app.shutdown.is_cancelled() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "gateway is shutting down; reconnect to another instance",
+        ));
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !origin_allowed(&app.cfg.allowed_origins, origin) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!("origin {:?} is not allowed", origin.unwrap_or("")),
+        ));
+    }
+    authenticate(app, headers, query)
+}
+
+/// The tracking key of a socket: its device id, or `conn-<connectionId>`.
+pub(crate) fn nats_backend(
+    app: &AppState,
+    user: &UserId,
+    device: Option<DeviceId>,
+    connection_id: &Arc<str>,
+) -> NatsBackend {
+    NatsBackend {
         store: app.store.clone(),
         user: user.clone(),
         device_label: device.as_ref().map_or_else(
@@ -196,38 +263,29 @@ pub(crate) async fn upgrade(
         cursor: device.map(|d| (app.cursors.clone(), d)),
         tracking: app.tracking.clone(),
         connection_id: connection_id.clone(),
-    };
-    let dialect = NativeDialect {
-        protocol,
-        welcome,
-        ping_interval: app.cfg.ping_interval,
-    };
-    let session = Session {
+    }
+}
+
+/// Session settings shared by both protocols.
+pub(crate) fn session_for(
+    app: &AppState,
+    start_after: u64,
+    backend: NatsBackend,
+) -> Session<NatsBackend> {
+    Session {
         limits: SessionLimits {
             write_timeout: app.cfg.write_timeout,
             cursor_flush: app.cfg.cursor_flush_interval,
         },
-        start_after: resume.start_after,
+        start_after,
         backend,
         shutdown: app.shutdown.clone(),
         resync: app.resync.clone(),
         stats: app.stats.clone(),
-    };
-    Ok(ws.on_upgrade(move |socket: WebSocket| async move {
-        let _tracked = tracked;
-        let _guard = membership.guard;
-        app.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%connection_id, user = %user, ?protocol, "socket open");
-        let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
-        app.connections.fetch_sub(1, Ordering::Relaxed);
-        if end == Some(CloseReason::SlowConsumer) {
-            app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
-    }))
+    }
 }
 
-fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     match origin {
         // Non-browser clients send no Origin; the token is their credential.
         None => true,

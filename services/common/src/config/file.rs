@@ -43,6 +43,9 @@ pub(super) struct GatewayFile {
     pub(super) realtime_enabled: Option<bool>,
     pub(super) cursor_flush_interval: Option<String>,
     pub(super) delivery_tracking: Option<bool>,
+    pub(super) signalr_keepalive: Option<String>,
+    pub(super) signalr_client_timeout: Option<String>,
+    pub(super) signalr_max_message: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

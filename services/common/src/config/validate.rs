@@ -37,6 +37,9 @@ const KNOWN_VARS: &[&str] = &[
     "ZIRAAI_REALTIME_ENABLED",
     "ZIRAAI_GATEWAY_CURSOR_FLUSH_INTERVAL",
     "ZIRAAI_DELIVERY_TRACKING",
+    "ZIRAAI_SIGNALR_KEEPALIVE",
+    "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
+    "ZIRAAI_SIGNALR_MAX_MESSAGE",
     "ZIRAAI_DEMO_USER",
     "ZIRAAI_DEMO_INTERVAL",
     "ZIRAAI_LOG_FORMAT",
@@ -274,6 +277,24 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             g.delivery_tracking.map(|b| b.to_string()),
             true,
             parse_bool,
+        ),
+        signalr_keepalive: l.pick(
+            "ZIRAAI_SIGNALR_KEEPALIVE",
+            g.signalr_keepalive,
+            DEFAULT_SIGNALR_KEEPALIVE,
+            parse_nonzero_duration,
+        ),
+        signalr_client_timeout: l.pick(
+            "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
+            g.signalr_client_timeout,
+            DEFAULT_SIGNALR_CLIENT_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        signalr_max_message: l.pick(
+            "ZIRAAI_SIGNALR_MAX_MESSAGE",
+            g.signalr_max_message.map(|n| n.to_string()),
+            DEFAULT_SIGNALR_MAX_MESSAGE,
+            parse_positive,
         ),
     };
 

@@ -1,0 +1,132 @@
+//! The SignalR hub protocol as a session [`Dialect`].
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use ziraai_proto::signalr::{
+    ClientMessage, HubMessageError, HubProtocol, ServerMessage, parse_json_messages,
+    parse_msgpack_messages,
+};
+
+use crate::delivery::Encoding;
+use crate::session::close_code;
+use crate::session::{CloseReason, Dialect, Inbound, Keepalive};
+
+/// How often the keep-alive and client-timeout checks run (.NET's heartbeat).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The error .NET sends when it closes a connection because of the client.
+pub(crate) const CLOSED_WITH_ERROR: &str = "Connection closed with an error.";
+
+/// One SignalR connection's protocol state.
+pub(crate) struct SignalrDialect {
+    pub(crate) protocol: HubProtocol,
+    pub(crate) keepalive: Duration,
+    pub(crate) client_timeout: Duration,
+    pub(crate) max_message: usize,
+}
+
+/// Wraps encoded hub bytes in the frame type of `protocol`.
+pub(crate) fn frame(protocol: HubProtocol, bytes: Vec<u8>) -> Message {
+    match protocol {
+        // serde_json output plus 0x1E is valid UTF-8.
+        HubProtocol::Json => Message::Text(String::from_utf8_lossy(&bytes).into_owned().into()),
+        HubProtocol::MessagePack => Message::Binary(bytes.into()),
+    }
+}
+
+impl SignalrDialect {
+    fn message(&self, m: &ServerMessage<'_>) -> Message {
+        frame(self.protocol, m.encode(self.protocol))
+    }
+}
+
+impl Dialect for SignalrDialect {
+    fn greeting(&self) -> Option<Message> {
+        // The handshake response was the greeting.
+        None
+    }
+
+    fn encoding(&self) -> Encoding {
+        Encoding::Hub(self.protocol)
+    }
+
+    fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {
+        let bytes: &[u8] = match msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => return Vec::new(),
+        };
+        let parsed = match self.protocol {
+            HubProtocol::Json => parse_json_messages(bytes, self.max_message),
+            HubProtocol::MessagePack => parse_msgpack_messages(bytes, self.max_message),
+        };
+        let messages = match parsed {
+            Ok(m) => m,
+            Err(HubMessageError::TooLarge(_)) => return vec![Inbound::Close(CloseReason::TooBig)],
+            Err(HubMessageError::Malformed(why)) => {
+                return vec![Inbound::Close(CloseReason::Unsupported(why))];
+            }
+        };
+        let mut out = Vec::new();
+        for m in messages {
+            match m {
+                // A push-only hub has no methods: answer calls that expect an answer.
+                ClientMessage::Invocation {
+                    invocation_id: Some(id),
+                    target,
+                    ..
+                } => {
+                    let error = format!(
+                        "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
+                    );
+                    out.push(Inbound::Reply(self.message(
+                        &ServerMessage::CompletionError {
+                            invocation_id: &id,
+                            error: &error,
+                        },
+                    )));
+                }
+                ClientMessage::Close => {
+                    out.push(Inbound::Gone);
+                    break;
+                }
+                // Pings only reset the timer; fire-and-forget calls, acks, sequences
+                // and unknown types are ignored.
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn keepalive(&self) -> Keepalive {
+        Keepalive {
+            tick: HEARTBEAT,
+            ping_when_idle: self.keepalive,
+            heard_timeout: self.client_timeout,
+            ping: self.message(&ServerMessage::Ping),
+        }
+    }
+
+    fn farewell(&self, reason: &CloseReason) -> Vec<Message> {
+        let error = match reason {
+            CloseReason::Shutdown => "Server is restarting; reconnect.",
+            _ => CLOSED_WITH_ERROR,
+        };
+        // allowReconnect: the client's automatic reconnect resumes, losing nothing.
+        let close = ServerMessage::Close {
+            error: Some(error),
+            allow_reconnect: true,
+        };
+        vec![
+            self.message(&close),
+            Message::Close(Some(CloseFrame {
+                code: close_code::NORMAL,
+                reason: "".into(),
+            })),
+        ]
+    }
+
+    fn acks_on_write(&self) -> bool {
+        true
+    }
+}
