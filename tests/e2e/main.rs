@@ -8,4 +8,5 @@ mod polling;
 mod protocol;
 mod scale_out;
 mod shutdown;
+mod signalr;
 mod soak;

@@ -4,6 +4,7 @@
 
 mod client;
 mod nats_server;
+mod signalr;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +22,7 @@ use ziraai_worker::{Published, Publisher};
 
 pub use client::{Refused, WsClient};
 pub use nats_server::{NatsServer, PINNED_VERSION};
+pub use signalr::{JsClient, JsOptions};
 
 /// Default bound of one awaited step in a test.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -127,6 +129,11 @@ impl TestGateway {
     /// `ws://…/ws` of this gateway.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://…/hubs/plantanalysis` of this gateway.
+    pub fn hub_url(&self) -> String {
+        format!("http://{}{}", self.addr, ziraai_gateway::signalr::HUB_PATH)
     }
 
     /// Triggers graceful shutdown and waits for it to finish.

@@ -43,7 +43,8 @@ pub(crate) struct ResumePoint {
 
 /// Chooses the start: `since` wins over the device's stored cursor; with neither (or a
 /// device without a cursor yet) the socket starts live, after the user's latest event
-/// as of now. Read before subscribing, so an event stored in between is replayed.
+/// as of now, and a new device's cursor is created there. Read before subscribing, so
+/// an event stored in between is replayed.
 pub(crate) async fn resume_point(
     app: &AppState,
     user: &UserId,
@@ -64,6 +65,14 @@ pub(crate) async fn resume_point(
     };
     let Some(after) = cursor else {
         let latest = app.store.latest(user).await.map_err(|e| unavailable(&e))?;
+        if let Some(d) = device {
+            // From now on this device has a cursor: if it drops before its first
+            // event, it resumes here instead of starting live again and missing it.
+            app.cursors
+                .advance(user, d, latest)
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
         return Ok(ResumePoint {
             start_after: latest,
             gap: false,
