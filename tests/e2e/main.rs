@@ -9,4 +9,5 @@ mod protocol;
 mod scale_out;
 mod shutdown;
 mod signalr;
+mod signalr_raw;
 mod soak;
