@@ -10,4 +10,5 @@ mod scale_out;
 mod shutdown;
 mod signalr;
 mod signalr_raw;
+mod signalr_stateful;
 mod soak;

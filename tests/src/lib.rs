@@ -4,6 +4,7 @@
 
 mod client;
 mod nats_server;
+mod proxy;
 mod signalr;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use ziraai_worker::{Published, Publisher};
 
 pub use client::{Refused, WsClient};
 pub use nats_server::{NatsServer, PINNED_VERSION};
+pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
 
 /// Default bound of one awaited step in a test.

@@ -20,6 +20,10 @@ pub const NOTIFY_STREAM: &str = "NOTIFY";
 pub const CURSORS_STREAM_JSON: &str = include_str!("../../../nats/streams/KV_CURSORS.json");
 /// KV bucket of device cursors (`<userId>.<deviceId>` → last acknowledged sequence).
 pub const CURSORS_BUCKET: &str = "CURSORS";
+/// `nats/streams/KV_SIGNALR.json`: the stream behind the KV bucket `SIGNALR`.
+pub const SIGNALR_STREAM_JSON: &str = include_str!("../../../nats/streams/KV_SIGNALR.json");
+/// KV bucket of SignalR stateful-reconnect state (`<connectionId>` → JSON).
+pub const SIGNALR_BUCKET: &str = "SIGNALR";
 /// `nats/streams/DELIVERY.json`: delivery tracking records.
 pub const DELIVERY_STREAM_JSON: &str = include_str!("../../../nats/streams/DELIVERY.json");
 /// Name of the delivery tracking stream.
@@ -161,11 +165,12 @@ pub async fn apply_stream(
         .map_err(|source| NatsSetupError::Stream { name, source })
 }
 
-/// Applies every stream the notification path needs: `NOTIFY`, the `CURSORS` bucket's
-/// stream and `DELIVERY`.
+/// Applies every stream the notification path needs: `NOTIFY`, the streams of the
+/// `CURSORS` and `SIGNALR` buckets, and `DELIVERY`.
 pub async fn apply_notify_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
     apply_stream(js, notify_stream_config()?).await?;
     apply_stream(js, definition("KV_CURSORS", CURSORS_STREAM_JSON)?).await?;
+    apply_stream(js, definition("KV_SIGNALR", SIGNALR_STREAM_JSON)?).await?;
     apply_stream(js, definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON)?).await
 }
 
@@ -196,6 +201,8 @@ mod tests {
         assert_eq!(kv.subjects, vec![format!("$KV.{CURSORS_BUCKET}.>")]);
         assert_eq!(kv.max_messages_per_subject, 1, "a KV bucket with history 1");
         assert!(kv.allow_rollup && kv.deny_delete && kv.allow_direct);
+        let sr = definition("KV_SIGNALR", SIGNALR_STREAM_JSON).expect("valid");
+        assert_eq!(sr.subjects, vec![format!("$KV.{SIGNALR_BUCKET}.>")]);
         let d = definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON).expect("valid");
         assert_eq!(d.subjects, vec!["delivery.>".to_owned()]);
         assert!(

@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub(crate) stats: Arc<Stats>,
     pub(crate) store: EventStore,
     pub(crate) cursors: Cursors,
+    /// SignalR stateful-reconnect state.
+    pub(crate) resumes: signalr::Resumes,
     pub(crate) tracking: Tracking,
     /// Bumped when the NATS connection is re-established: sessions re-sync.
     pub(crate) resync: tokio::sync::watch::Receiver<u64>,
@@ -84,6 +86,9 @@ impl App {
         nats::apply_notify_streams(&js).await?;
         let store = EventStore::new(&js).await?;
         let cursors = Cursors::new(&js).await?;
+        let resumes = signalr::Resumes::new(&js)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(config.gateway.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
@@ -113,6 +118,7 @@ impl App {
             stats,
             store,
             cursors,
+            resumes,
             tracking,
             resync,
             shutdown: CancellationToken::new(),

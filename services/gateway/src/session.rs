@@ -158,7 +158,9 @@ pub trait Dialect: Send {
     /// How this socket's events are encoded (shared per gateway, see [`Event::encoded`]).
     fn encoding(&self) -> Encoding;
     /// Interprets one text or binary message from the client.
-    fn inbound(&mut self, msg: &Message) -> Vec<Inbound>;
+    fn inbound(&mut self, msg: &Message) -> impl Future<Output = Vec<Inbound>> + Send;
+    /// An event with this sequence was just written (dialects that number messages).
+    fn sent_event(&mut self, _seq: u64) {}
     fn keepalive(&self) -> Keepalive;
     /// The messages ending the session for `reason`, the WebSocket close frame last.
     fn farewell(&self, reason: &CloseReason) -> Vec<Message>;

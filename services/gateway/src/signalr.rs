@@ -12,7 +12,10 @@
 mod connect;
 mod dialect;
 mod negotiate;
+mod stateful;
 mod token;
+
+pub(crate) use stateful::Resumes;
 
 use std::sync::Arc;
 

@@ -225,6 +225,7 @@ where
     async fn emit(&mut self, event: &Event) -> Step {
         if let Some(msg) = event.encoded(self.d.encoding()) {
             self.feed(msg).await?;
+            self.d.sent_event(event.seq);
             self.s.backend.track(TrackKind::Delivered, event.seq);
             if self.unacked.len() == MAX_UNACKED {
                 self.unacked.pop_front();
@@ -246,7 +247,7 @@ where
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
             Some(Ok(m)) => m,
         };
-        for action in self.d.inbound(&msg) {
+        for action in self.d.inbound(&msg).await {
             match action {
                 Inbound::Reply(m) => self.write(m).await?,
                 Inbound::Ack(seq) => self.ack(seq).await,

@@ -95,7 +95,7 @@ impl Dialect for NativeDialect {
         Encoding::Native(self.protocol)
     }
 
-    fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {
+    async fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {
         let frame = match msg {
             Message::Text(t) => ClientFrame::from_json(t.as_str()),
             Message::Binary(b) => ClientFrame::from_msgpack(b),

@@ -1,5 +1,6 @@
 //! The hub's WebSocket (`GET /hubs/plantanalysis[?id=<connectionToken>]`): the same
-//! admission and resume rules as `/ws`, then the hub handshake, then the session.
+//! admission and resume rules as `/ws`, then the hub handshake (or, for a stateful
+//! connection resuming, the exchange of `Sequence` messages), then the session.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,16 +12,20 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use ziraai_proto::signalr::{
-    Handshake, HandshakeError, HubProtocol, ServerMessage, handshake_response, parse_handshake,
+    ClientMessage, DEFAULT_MAX_MESSAGE, Handshake, HandshakeError, HubProtocol, ServerMessage,
+    handshake_response, parse_handshake, parse_json_messages, parse_msgpack_messages,
 };
 
 use super::dialect::{CLOSED_WITH_ERROR, SignalrDialect, frame};
+use super::stateful::{Record, Stateful, protocol_name};
 use super::token;
 use crate::AppState;
 use crate::delivery::Encoding;
 use crate::http::{ApiError, refuse};
 use crate::session::close_code;
-use crate::ws::{admit, nats_backend, resume_params, resume_point, serve_socket, session_for};
+use crate::ws::{
+    ResumePoint, admit, nats_backend, resume_params, resume_point, serve_socket, session_for,
+};
 
 /// .NET's `HandshakeTimeout`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -35,16 +40,18 @@ pub(crate) async fn upgrade(
 ) -> Result<Response, ApiError> {
     let identity = admit(&app, &headers, &query)?;
     let user = identity.user_id;
+    let unknown = || {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "unknown_connection",
+            "No Connection with that ID",
+        )
+    };
+    let unavailable = |e: String| refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e);
     // With negotiate, `id` names the connection; without (skipNegotiation), a new one.
-    let connection_id: Arc<str> = match query.get("id") {
+    let (connection_id, stateful): (Arc<str>, bool) = match query.get("id") {
         Some(id) => {
-            let claims = token::verify(&app.auth_secret, id).ok_or_else(|| {
-                refuse(
-                    StatusCode::NOT_FOUND,
-                    "unknown_connection",
-                    "No Connection with that ID",
-                )
-            })?;
+            let claims = token::verify(&app.auth_secret, id).ok_or_else(unknown)?;
             if claims.uid != user.as_str() {
                 return Err(refuse(
                     StatusCode::FORBIDDEN,
@@ -52,13 +59,35 @@ pub(crate) async fn upgrade(
                     "the connection was negotiated for another user",
                 ));
             }
-            claims.cid.into()
+            (claims.cid.into(), claims.sr)
         }
-        None => nuid::next().to_string().into(),
+        None => (nuid::next().to_string().into(), false),
+    };
+    // A stateful connection that already has a record is resuming: no handshake.
+    let resuming = if stateful {
+        app.resumes.get(&connection_id).await.map_err(unavailable)?
+    } else {
+        None
     };
     let (since, device) = resume_params(&query)?;
     let ws = ws.map_err(|e| refuse(e.status(), "not_a_websocket", e.body_text()))?;
-    let resume = resume_point(&app, &user, since, device.as_ref()).await?;
+    let start = match &resuming {
+        Some(record) if record.user != user.as_str() => {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "connection_of_another_user",
+                "the connection belongs to another user",
+            ));
+        }
+        // A Completion is unacknowledged: numbering cannot be rebuilt; full reconnect.
+        Some(record) if record.dirty || record.protocol().is_none() => return Err(unknown()),
+        Some(record) => ResumePoint {
+            start_after: record.seq,
+            gap: false,
+            oldest_available: None,
+        },
+        None => resume_point(&app, &user, since, device.as_ref()).await?,
+    };
     let max = app.cfg.signalr_max_message;
     let ws = ws
         .read_buffer_size(BUFFER)
@@ -69,10 +98,38 @@ pub(crate) async fn upgrade(
         .max_frame_size(max * 4);
     let tracked = app.tracker.token();
     Ok(ws.on_upgrade(move |mut socket: WebSocket| async move {
-        let Some(handshake) = handshake(&mut socket, max).await else {
-            return;
+        let (protocol, stateful) = match resuming {
+            Some(record) => {
+                let Some(protocol) = record.protocol() else {
+                    return;
+                };
+                if !resume_sequence(&mut socket, protocol, record.acked).await {
+                    return;
+                }
+                let st = Stateful::new(app.resumes.clone(), connection_id.clone(), record);
+                (protocol, Some(st))
+            }
+            None => {
+                let Some(handshake) = handshake(&mut socket, max).await else {
+                    return;
+                };
+                let st = if stateful && handshake.version >= 2 {
+                    let record = Record {
+                        user: user.to_string(),
+                        protocol: protocol_name(handshake.protocol).into(),
+                        acked: 0,
+                        seq: start.start_after,
+                        dirty: false,
+                    };
+                    let st = Stateful::new(app.resumes.clone(), connection_id.clone(), record);
+                    st.persist().await;
+                    Some(st)
+                } else {
+                    None
+                };
+                (handshake.protocol, st)
+            }
         };
-        let protocol = handshake.protocol;
         let membership = app.hub.join(
             user.clone(),
             Encoding::Hub(protocol),
@@ -94,12 +151,13 @@ pub(crate) async fn upgrade(
             return;
         }
         let backend = nats_backend(&app, &user, device, &connection_id);
-        let session = session_for(&app, resume.start_after, backend);
+        let session = session_for(&app, start.start_after, backend);
         let dialect = SignalrDialect {
             protocol,
             keepalive: app.cfg.signalr_keepalive,
             client_timeout: app.cfg.signalr_client_timeout,
             max_message: max,
+            stateful,
         };
         serve_socket(
             app,
@@ -113,6 +171,33 @@ pub(crate) async fn upgrade(
         )
         .await;
     }))
+}
+
+/// Resume of a stateful connection: the client's first message is `Sequence`; the
+/// server answers with its own (the first unacknowledged number) before anything else.
+async fn resume_sequence(socket: &mut WebSocket, protocol: HubProtocol, acked: u64) -> bool {
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t.as_bytes().to_vec()),
+                Some(Ok(Message::Binary(b))) => return Some(b.to_vec()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let Ok(Some(bytes)) = first else { return false };
+    let parsed = match protocol {
+        HubProtocol::Json => parse_json_messages(&bytes, DEFAULT_MAX_MESSAGE),
+        HubProtocol::MessagePack => parse_msgpack_messages(&bytes, DEFAULT_MAX_MESSAGE),
+    };
+    if !matches!(parsed.as_deref(), Ok([ClientMessage::Sequence(_), ..])) {
+        tracing::debug!("resume without a leading Sequence message; closing");
+        return false;
+    }
+    let sequence = ServerMessage::Sequence(acked + 1).encode(protocol);
+    socket.send(frame(protocol, sequence)).await.is_ok()
 }
 
 /// Reads the handshake request (JSON + 0x1E, possibly over several frames) within

@@ -8,6 +8,7 @@ use ziraai_proto::signalr::{
     parse_msgpack_messages,
 };
 
+use super::stateful::Stateful;
 use crate::delivery::Encoding;
 use crate::session::close_code;
 use crate::session::{CloseReason, Dialect, Inbound, Keepalive};
@@ -23,6 +24,8 @@ pub(crate) struct SignalrDialect {
     pub(crate) keepalive: Duration,
     pub(crate) client_timeout: Duration,
     pub(crate) max_message: usize,
+    /// Present on connections that negotiated stateful reconnect.
+    pub(crate) stateful: Option<Stateful>,
 }
 
 /// Wraps encoded hub bytes in the frame type of `protocol`.
@@ -50,7 +53,7 @@ impl Dialect for SignalrDialect {
         Encoding::Hub(self.protocol)
     }
 
-    fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {
+    async fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {
         let bytes: &[u8] = match msg {
             Message::Text(t) => t.as_bytes(),
             Message::Binary(b) => b,
@@ -76,6 +79,9 @@ impl Dialect for SignalrDialect {
                     target,
                     ..
                 } => {
+                    if let Some(st) = self.stateful.as_mut() {
+                        st.completion().await;
+                    }
                     let error = format!(
                         "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
                     );
@@ -89,6 +95,11 @@ impl Dialect for SignalrDialect {
                 ClientMessage::Close => {
                     out.push(Inbound::Gone);
                     break;
+                }
+                ClientMessage::Ack(n) => {
+                    if let Some(st) = self.stateful.as_mut() {
+                        st.acked(n).await;
+                    }
                 }
                 // Pings only reset the timer; fire-and-forget calls, acks, sequences
                 // and unknown types are ignored.
@@ -128,5 +139,11 @@ impl Dialect for SignalrDialect {
 
     fn acks_on_write(&self) -> bool {
         true
+    }
+
+    fn sent_event(&mut self, seq: u64) {
+        if let Some(st) = self.stateful.as_mut() {
+            st.sent_event(seq);
+        }
     }
 }

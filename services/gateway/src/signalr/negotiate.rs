@@ -93,19 +93,26 @@ pub(crate) async fn negotiate(
         version => {
             let version = version.and_then(Result::ok).unwrap_or(0).min(1);
             let cid = nuid::next().to_string();
-            let token = token::issue(&app.auth_secret, &cid, identity.user_id.as_str());
+            let stateful =
+                param("useStatefulReconnect").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let token = token::issue(&app.auth_secret, &cid, identity.user_id.as_str(), stateful);
             let transports =
                 json!([{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]);
             if version == 0 {
                 // Version 0 has no separate token: the client sends `id=connectionId`.
                 json!({"connectionId": token, "availableTransports": transports})
             } else {
-                json!({
+                let mut body = json!({
                     "negotiateVersion": 1,
                     "connectionId": cid,
                     "connectionToken": token,
                     "availableTransports": transports,
-                })
+                });
+                // Only when asked: the client aborts if it did not ask and sees it.
+                if stateful {
+                    body["useStatefulReconnect"] = json!(true);
+                }
+                body
             }
         }
     };

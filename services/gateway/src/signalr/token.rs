@@ -18,15 +18,19 @@ pub(crate) struct ConnectionClaims {
     pub(crate) cid: String,
     /// The user the token was issued to.
     pub(crate) uid: String,
+    /// The connection negotiated stateful reconnect.
+    #[serde(default)]
+    pub(crate) sr: bool,
     aud: String,
     exp: i64,
 }
 
 /// Signs a connection token for `cid` of `uid`.
-pub(crate) fn issue(secret: &SecretString, cid: &str, uid: &str) -> String {
+pub(crate) fn issue(secret: &SecretString, cid: &str, uid: &str, stateful: bool) -> String {
     let claims = ConnectionClaims {
         cid: cid.to_owned(),
         uid: uid.to_owned(),
+        sr: stateful,
         aud: AUDIENCE.to_owned(),
         exp: time::OffsetDateTime::now_utc().unix_timestamp() + TTL_SECS,
     };
@@ -60,14 +64,14 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_are_url_safe() {
         let s = SecretString::from("a-secret-a-secret-a-secret-a-secret");
-        let t = issue(&s, "cid1", "u1");
+        let t = issue(&s, "cid1", "u1", true);
         assert!(
             t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
             "{t}"
         );
         let c = verify(&s, &t).expect("valid");
-        assert_eq!((c.cid.as_str(), c.uid.as_str()), ("cid1", "u1"));
+        assert_eq!((c.cid.as_str(), c.uid.as_str(), c.sr), ("cid1", "u1", true));
         assert!(verify(&SecretString::from("other-secret-other-secret-other"), &t).is_none());
         assert!(verify(&s, "garbage").is_none());
         // A user token is not a connection token.
