@@ -152,20 +152,17 @@ async fn origins_outside_the_allow_list_get_403() {
 
 /// Sends an upgrade request with an Origin header and returns the status code.
 async fn raw_upgrade_status(addr: std::net::SocketAddr, url: &str, origin: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let path = url
         .split_once(&addr.to_string())
         .map(|(_, p)| p)
         .expect("path");
-    within("raw upgrade", async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.expect("read");
-        String::from_utf8_lossy(&buf[..n]).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
-    })
-    .await
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n"
+    );
+    raw_http(addr, &req)
+        .await
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

@@ -133,7 +133,11 @@ async fn with_realtime_off_sockets_get_503_and_polling_works() {
         (refused.status, refused.body["error"].as_str()),
         (503, Some("realtime_disabled"))
     );
-    let raw = raw_get(gw.addr, &format!("/ws?access_token={}", token(&u))).await;
+    let upgrade = format!(
+        "GET /ws?access_token={} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        token(&u)
+    );
+    let raw = raw_http(gw.addr, &upgrade).await;
     assert!(
         raw.to_ascii_lowercase().contains("retry-after: 30"),
         "{raw}"
@@ -142,19 +146,6 @@ async fn with_realtime_off_sockets_get_503_and_polling_works() {
     let (status, page) = get_json(&gw, "/api/v1/notifications", &token(&u)).await;
     assert_eq!(status, 200);
     assert_eq!(page["events"][0]["seq"], p.seq);
-}
-
-async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    within("raw GET", async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-    .await
 }
 
 #[tokio::test]

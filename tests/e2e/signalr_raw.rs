@@ -151,7 +151,7 @@ async fn cors_preflight_allows_configured_origins_only() {
             "OPTIONS /hubs/plantanalysis/negotiate HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, x-signalr-user-agent\r\nConnection: close\r\n\r\n"
         )
     };
-    let ok = raw(gw.addr, &preflight("https://app.ziraai.com"))
+    let ok = raw_http(gw.addr, &preflight("https://app.ziraai.com"))
         .await
         .to_ascii_lowercase();
     assert!(ok.starts_with("http/1.1 204"), "{ok}");
@@ -164,20 +164,8 @@ async fn cors_preflight_allows_configured_origins_only() {
         "{ok}"
     );
     assert!(ok.contains("x-signalr-user-agent"), "{ok}");
-    let denied = raw(gw.addr, &preflight("https://evil.example")).await;
+    let denied = raw_http(gw.addr, &preflight("https://evil.example")).await;
     assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
-}
-
-async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    within("raw request", async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(request.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-    .await
 }
 
 #[tokio::test]

@@ -192,35 +192,47 @@ pub async fn http_request(
     bearer: Option<&str>,
     json: Option<&serde_json::Value>,
 ) -> (u16, String) {
-    within("HTTP request", async {
+    let body = json.map(|j| j.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if json.is_some() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let text = raw_http(addr, &req).await;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sends `request` as written and returns everything the server answered until it
+/// closed the connection (or, for an accepted upgrade, the first read).
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    within("raw HTTP exchange", async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let body = json.map(|j| j.to_string()).unwrap_or_default();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        if let Some(t) = bearer {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        if json.is_some() {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).await.expect("write");
+        s.write_all(request.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        if request.contains("Upgrade: websocket") {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.expect("read");
+            buf.extend_from_slice(&chunk[..n]);
+        } else {
+            s.read_to_end(&mut buf).await.expect("read");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     })
     .await
 }

@@ -182,6 +182,15 @@ impl Config {
         Self::load(&vars)
     }
 
+    /// For `main`: loads from the process environment, or prints every problem (one line
+    /// each, prefixed by `program`) and returns the exit code 2.
+    pub fn for_main(program: &str) -> Result<Self, std::process::ExitCode> {
+        Self::from_process_env().map_err(|e| {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::from(2)
+        })
+    }
+
     /// Loads from `vars` (the `ZIRAAI_*` variables) and the environment's file.
     ///
     /// The file is `$ZIRAAI_CONFIG_DIR/<env>.toml`; without `ZIRAAI_CONFIG_DIR`,

@@ -51,12 +51,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_process_env() {
+    let config = match Config::for_main("ziraai-gateway") {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ziraai-gateway: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,

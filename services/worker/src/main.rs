@@ -44,12 +44,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_process_env() {
+    let config = match Config::for_main("ziraai-worker") {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ziraai-worker: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     telemetry::init(config.log_format);
     for w in &config.warnings {
