@@ -48,6 +48,17 @@ pub const DEFAULT_SIGNALR_KEEPALIVE: Duration = Duration::from_secs(15);
 pub const DEFAULT_SIGNALR_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SignalR: largest client message, bytes (.NET `MaximumReceiveMessageSize`).
 pub const DEFAULT_SIGNALR_MAX_MESSAGE: usize = 32 * 1024;
+/// Worker defaults.
+pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:8081";
+pub const DEFAULT_DEV_ANALYZER_LISTEN: &str = "127.0.0.1:8082";
+pub const DEFAULT_ANALYZER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+pub const DEFAULT_MAX_ATTEMPTS: u64 = 5;
+pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60);
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+pub const DEFAULT_WORKER_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Demo producer: user and interval.
 pub const DEFAULT_DEMO_USER: &str = "demo-farmer";
 pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(5);
@@ -143,11 +154,30 @@ pub struct AuthConfig {
     pub dev_secret: bool,
 }
 
-/// Worker settings used so far (the demo producer).
+/// Worker settings: the job consumer, the analyzer, the breaker, the demo.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub demo_user: String,
     pub demo_interval: Duration,
+    /// Health endpoints of `ziraai-worker run`.
+    pub listen: SocketAddr,
+    /// Where jobs are POSTed for analysis.
+    pub analyzer_url: String,
+    pub analyzer_timeout: Duration,
+    /// Jobs processed at once.
+    pub max_in_flight: usize,
+    /// Calls to the analyzer per job before it fails with `analyzer_unavailable`.
+    pub max_attempts: u64,
+    /// Redelivery delay after the first transient failure; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Consecutive transient failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long the breaker stays open before one trial call.
+    pub breaker_cooldown: Duration,
+    pub shutdown_grace: Duration,
+    /// `ziraai-worker dev-analyzer` listen address (development only).
+    pub dev_analyzer_listen: SocketAddr,
 }
 
 /// Log output format.

@@ -28,6 +28,17 @@ pub const SIGNALR_BUCKET: &str = "SIGNALR";
 pub const DELIVERY_STREAM_JSON: &str = include_str!("../../../nats/streams/DELIVERY.json");
 /// Name of the delivery tracking stream.
 pub const DELIVERY_STREAM: &str = "DELIVERY";
+/// `nats/streams/JOBS.json`: the analysis work queue.
+pub const JOBS_STREAM_JSON: &str = include_str!("../../../nats/streams/JOBS.json");
+pub const JOBS_STREAM: &str = "JOBS";
+/// Subject of analysis jobs.
+pub const JOBS_SUBJECT: &str = "jobs.analysis";
+/// `nats/consumers/JOBS-analysis-worker.json`: the worker's durable pull consumer.
+pub const JOBS_CONSUMER_JSON: &str = include_str!("../../../nats/consumers/JOBS-analysis-worker.json");
+/// `nats/streams/ADVISORIES.json`: operator advisories.
+pub const ADVISORIES_STREAM_JSON: &str = include_str!("../../../nats/streams/ADVISORIES.json");
+/// Subject of poison-job advisories.
+pub const POISON_ADVISORY_SUBJECT: &str = "advisories.jobs.poison";
 /// Oldest server version we run on (stream RePublish, direct get, KV as used).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 
@@ -54,6 +65,8 @@ pub enum NatsSetupError {
         name: &'static str,
         source: serde_json::Error,
     },
+    #[error("cannot create or update the worker's consumer on JOBS: {0}")]
+    Consumer(String),
     #[error("cannot create or update stream {name}: {source}")]
     Stream {
         name: String,
@@ -165,6 +178,25 @@ pub async fn apply_stream(
         .map_err(|source| NatsSetupError::Stream { name, source })
 }
 
+/// Applies the job queue (`JOBS` and its consumer) and `ADVISORIES`; returns the
+/// worker's consumer.
+pub async fn apply_job_streams(
+    js: &jetstream::Context,
+) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, NatsSetupError> {
+    apply_stream(js, definition("ADVISORIES", ADVISORIES_STREAM_JSON)?).await?;
+    apply_stream(js, definition(JOBS_STREAM, JOBS_STREAM_JSON)?).await?;
+    let config: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON)
+        .map_err(|source| NatsSetupError::BadDefinition { name: "JOBS-analysis-worker", source })?;
+    let stream = js
+        .get_stream(JOBS_STREAM)
+        .await
+        .map_err(|e| NatsSetupError::Consumer(e.to_string()))?;
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| NatsSetupError::Consumer(e.to_string()))
+}
+
 /// Applies every stream the notification path needs: `NOTIFY`, the streams of the
 /// `CURSORS` and `SIGNALR` buckets, and `DELIVERY`.
 pub async fn apply_notify_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
@@ -203,6 +235,17 @@ mod tests {
         assert!(kv.allow_rollup && kv.deny_delete && kv.allow_direct);
         let sr = definition("KV_SIGNALR", SIGNALR_STREAM_JSON).expect("valid");
         assert_eq!(sr.subjects, vec![format!("$KV.{SIGNALR_BUCKET}.>")]);
+        let jobs = definition(JOBS_STREAM, JOBS_STREAM_JSON).expect("valid");
+        assert_eq!(jobs.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(jobs.subjects, vec![JOBS_SUBJECT.to_owned()]);
+        let c: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON).expect("valid");
+        assert_eq!(c.ack_policy, jetstream::consumer::AckPolicy::Explicit);
+        assert_eq!(c.durable_name.as_deref(), Some("analysis-worker"));
+        // The NOTIFY duplicate window must outlast a job's ack wait plus the longest
+        // redelivery delay, so a re-published event after a crash is de-duplicated.
+        let notify = notify_stream_config().expect("valid");
+        assert!(notify.duplicate_window >= c.ack_wait * 2 + Duration::from_secs(60));
+        definition("ADVISORIES", ADVISORIES_STREAM_JSON).expect("valid");
         let d = definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON).expect("valid");
         assert_eq!(d.subjects, vec!["delivery.>".to_owned()]);
         assert!(

@@ -53,6 +53,17 @@ pub(super) struct GatewayFile {
 pub(super) struct WorkerFile {
     pub(super) demo_user: Option<String>,
     pub(super) demo_interval: Option<String>,
+    pub(super) listen: Option<String>,
+    pub(super) analyzer_url: Option<String>,
+    pub(super) analyzer_timeout: Option<String>,
+    pub(super) max_in_flight: Option<usize>,
+    pub(super) max_attempts: Option<u64>,
+    pub(super) retry_base: Option<String>,
+    pub(super) retry_max: Option<String>,
+    pub(super) breaker_threshold: Option<u32>,
+    pub(super) breaker_cooldown: Option<String>,
+    pub(super) shutdown_grace: Option<String>,
+    pub(super) dev_analyzer_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,6 +40,17 @@ const KNOWN_VARS: &[&str] = &[
     "ZIRAAI_SIGNALR_KEEPALIVE",
     "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
     "ZIRAAI_SIGNALR_MAX_MESSAGE",
+    "ZIRAAI_WORKER_LISTEN",
+    "ZIRAAI_ANALYZER_URL",
+    "ZIRAAI_ANALYZER_TIMEOUT",
+    "ZIRAAI_WORKER_MAX_IN_FLIGHT",
+    "ZIRAAI_WORKER_MAX_ATTEMPTS",
+    "ZIRAAI_WORKER_RETRY_BASE",
+    "ZIRAAI_WORKER_RETRY_MAX",
+    "ZIRAAI_BREAKER_THRESHOLD",
+    "ZIRAAI_BREAKER_COOLDOWN",
+    "ZIRAAI_WORKER_SHUTDOWN_GRACE",
+    "ZIRAAI_DEV_ANALYZER_LISTEN",
     "ZIRAAI_DEMO_USER",
     "ZIRAAI_DEMO_INTERVAL",
     "ZIRAAI_LOG_FORMAT",
@@ -111,6 +122,17 @@ fn parse_positive(raw: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{raw:?} is not a positive integer")),
     }
+}
+
+fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{raw:?} is not an address like 127.0.0.1:8080"))
+}
+
+/// A built-in default address (the constants are valid; the tests load them).
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 fn parse_nonzero_duration(raw: &str) -> Result<Duration, String> {
@@ -199,16 +221,7 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
 
     let g = file.gateway;
     let gateway = GatewayConfig {
-        listen: l.pick(
-            "ZIRAAI_GATEWAY_LISTEN",
-            g.listen,
-            SocketAddr::from(([127, 0, 0, 1], 8080)),
-            |s| {
-                s.trim()
-                    .parse::<SocketAddr>()
-                    .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080"))
-            },
-        ),
+        listen: l.pick("ZIRAAI_GATEWAY_LISTEN", g.listen, addr(DEFAULT_GATEWAY_LISTEN), parse_addr),
         allowed_origins: l.pick(
             "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
             g.allowed_origins.map(|v| v.join(",")),
@@ -298,10 +311,11 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
         ),
     };
 
+    let w = file.worker;
     let worker = WorkerConfig {
         demo_user: l.pick(
             "ZIRAAI_DEMO_USER",
-            file.worker.demo_user,
+            w.demo_user,
             DEFAULT_DEMO_USER.into(),
             |s| {
                 ziraai_proto::UserId::parse(s)
@@ -311,11 +325,53 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
         ),
         demo_interval: l.pick(
             "ZIRAAI_DEMO_INTERVAL",
-            file.worker.demo_interval,
+            w.demo_interval,
             DEFAULT_DEMO_INTERVAL,
             parse_nonzero_duration,
         ),
-    };
+            listen: l.pick("ZIRAAI_WORKER_LISTEN", w.listen, addr(DEFAULT_WORKER_LISTEN), parse_addr),
+        analyzer_url: l.pick(
+            "ZIRAAI_ANALYZER_URL",
+            w.analyzer_url,
+            format!("http://{DEFAULT_DEV_ANALYZER_LISTEN}/analyze"),
+            |s| {
+                if s.starts_with("http://") {
+                    Ok(s.trim().to_owned())
+                } else {
+                    Err(format!("{s:?} is not an http:// URL"))
+                }
+            },
+        ),
+        analyzer_timeout: l.pick("ZIRAAI_ANALYZER_TIMEOUT", w.analyzer_timeout, DEFAULT_ANALYZER_TIMEOUT, parse_nonzero_duration),
+        max_in_flight: l.pick(
+            "ZIRAAI_WORKER_MAX_IN_FLIGHT",
+            w.max_in_flight.map(|n| n.to_string()),
+            DEFAULT_MAX_IN_FLIGHT,
+            parse_positive,
+        ),
+        max_attempts: l.pick(
+            "ZIRAAI_WORKER_MAX_ATTEMPTS",
+            w.max_attempts.map(|n| n.to_string()),
+            DEFAULT_MAX_ATTEMPTS,
+            |s| parse_positive(s).map(|n| n as u64),
+        ),
+        retry_base: l.pick("ZIRAAI_WORKER_RETRY_BASE", w.retry_base, DEFAULT_RETRY_BASE, parse_nonzero_duration),
+        retry_max: l.pick("ZIRAAI_WORKER_RETRY_MAX", w.retry_max, DEFAULT_RETRY_MAX, parse_nonzero_duration),
+        breaker_threshold: l.pick(
+            "ZIRAAI_BREAKER_THRESHOLD",
+            w.breaker_threshold.map(|n| n.to_string()),
+            DEFAULT_BREAKER_THRESHOLD,
+            |s| parse_positive(s).map(|n| n.min(u32::MAX as usize) as u32),
+        ),
+        breaker_cooldown: l.pick("ZIRAAI_BREAKER_COOLDOWN", w.breaker_cooldown, DEFAULT_BREAKER_COOLDOWN, parse_nonzero_duration),
+        shutdown_grace: l.pick("ZIRAAI_WORKER_SHUTDOWN_GRACE", w.shutdown_grace, DEFAULT_WORKER_SHUTDOWN_GRACE, parse_duration),
+        dev_analyzer_listen: l.pick(
+            "ZIRAAI_DEV_ANALYZER_LISTEN",
+            w.dev_analyzer_listen,
+            addr(DEFAULT_DEV_ANALYZER_LISTEN),
+            parse_addr,
+        ),
+};
 
     let log_format = l.pick(
         "ZIRAAI_LOG_FORMAT",
