@@ -34,7 +34,8 @@ pub const JOBS_STREAM: &str = "JOBS";
 /// Subject of analysis jobs.
 pub const JOBS_SUBJECT: &str = "jobs.analysis";
 /// `nats/consumers/JOBS-analysis-worker.json`: the worker's durable pull consumer.
-pub const JOBS_CONSUMER_JSON: &str = include_str!("../../../nats/consumers/JOBS-analysis-worker.json");
+pub const JOBS_CONSUMER_JSON: &str =
+    include_str!("../../../nats/consumers/JOBS-analysis-worker.json");
 /// `nats/streams/ADVISORIES.json`: operator advisories.
 pub const ADVISORIES_STREAM_JSON: &str = include_str!("../../../nats/streams/ADVISORIES.json");
 /// Subject of poison-job advisories.
@@ -186,7 +187,10 @@ pub async fn apply_job_streams(
     apply_stream(js, definition("ADVISORIES", ADVISORIES_STREAM_JSON)?).await?;
     apply_stream(js, definition(JOBS_STREAM, JOBS_STREAM_JSON)?).await?;
     let config: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON)
-        .map_err(|source| NatsSetupError::BadDefinition { name: "JOBS-analysis-worker", source })?;
+        .map_err(|source| NatsSetupError::BadDefinition {
+            name: "JOBS-analysis-worker",
+            source,
+        })?;
     let stream = js
         .get_stream(JOBS_STREAM)
         .await
@@ -238,7 +242,8 @@ mod tests {
         let jobs = definition(JOBS_STREAM, JOBS_STREAM_JSON).expect("valid");
         assert_eq!(jobs.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(jobs.subjects, vec![JOBS_SUBJECT.to_owned()]);
-        let c: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON).expect("valid");
+        let c: jetstream::consumer::pull::Config =
+            serde_json::from_str(JOBS_CONSUMER_JSON).expect("valid");
         assert_eq!(c.ack_policy, jetstream::consumer::AckPolicy::Explicit);
         assert_eq!(c.durable_name.as_deref(), Some("analysis-worker"));
         // The NOTIFY duplicate window must outlast a job's ack wait plus the longest

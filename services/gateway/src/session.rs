@@ -164,7 +164,8 @@ pub trait Dialect: Send {
     fn keepalive(&self) -> Keepalive;
     /// The messages ending the session for `reason`, the WebSocket close frame last.
     fn farewell(&self, reason: &CloseReason) -> Vec<Message>;
-    /// Whether a written event counts as acknowledged (clients that send no acks).
+    /// Whether written events count as acknowledged once the client is heard from
+    /// again (clients that send no acks of their own).
     fn acks_on_write(&self) -> bool;
 }
 

@@ -221,7 +221,12 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
 
     let g = file.gateway;
     let gateway = GatewayConfig {
-        listen: l.pick("ZIRAAI_GATEWAY_LISTEN", g.listen, addr(DEFAULT_GATEWAY_LISTEN), parse_addr),
+        listen: l.pick(
+            "ZIRAAI_GATEWAY_LISTEN",
+            g.listen,
+            addr(DEFAULT_GATEWAY_LISTEN),
+            parse_addr,
+        ),
         allowed_origins: l.pick(
             "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
             g.allowed_origins.map(|v| v.join(",")),
@@ -329,7 +334,12 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             DEFAULT_DEMO_INTERVAL,
             parse_nonzero_duration,
         ),
-            listen: l.pick("ZIRAAI_WORKER_LISTEN", w.listen, addr(DEFAULT_WORKER_LISTEN), parse_addr),
+        listen: l.pick(
+            "ZIRAAI_WORKER_LISTEN",
+            w.listen,
+            addr(DEFAULT_WORKER_LISTEN),
+            parse_addr,
+        ),
         analyzer_url: l.pick(
             "ZIRAAI_ANALYZER_URL",
             w.analyzer_url,
@@ -342,7 +352,12 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
                 }
             },
         ),
-        analyzer_timeout: l.pick("ZIRAAI_ANALYZER_TIMEOUT", w.analyzer_timeout, DEFAULT_ANALYZER_TIMEOUT, parse_nonzero_duration),
+        analyzer_timeout: l.pick(
+            "ZIRAAI_ANALYZER_TIMEOUT",
+            w.analyzer_timeout,
+            DEFAULT_ANALYZER_TIMEOUT,
+            parse_nonzero_duration,
+        ),
         max_in_flight: l.pick(
             "ZIRAAI_WORKER_MAX_IN_FLIGHT",
             w.max_in_flight.map(|n| n.to_string()),
@@ -355,23 +370,43 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             DEFAULT_MAX_ATTEMPTS,
             |s| parse_positive(s).map(|n| n as u64),
         ),
-        retry_base: l.pick("ZIRAAI_WORKER_RETRY_BASE", w.retry_base, DEFAULT_RETRY_BASE, parse_nonzero_duration),
-        retry_max: l.pick("ZIRAAI_WORKER_RETRY_MAX", w.retry_max, DEFAULT_RETRY_MAX, parse_nonzero_duration),
+        retry_base: l.pick(
+            "ZIRAAI_WORKER_RETRY_BASE",
+            w.retry_base,
+            DEFAULT_RETRY_BASE,
+            parse_nonzero_duration,
+        ),
+        retry_max: l.pick(
+            "ZIRAAI_WORKER_RETRY_MAX",
+            w.retry_max,
+            DEFAULT_RETRY_MAX,
+            parse_nonzero_duration,
+        ),
         breaker_threshold: l.pick(
             "ZIRAAI_BREAKER_THRESHOLD",
             w.breaker_threshold.map(|n| n.to_string()),
             DEFAULT_BREAKER_THRESHOLD,
             |s| parse_positive(s).map(|n| n.min(u32::MAX as usize) as u32),
         ),
-        breaker_cooldown: l.pick("ZIRAAI_BREAKER_COOLDOWN", w.breaker_cooldown, DEFAULT_BREAKER_COOLDOWN, parse_nonzero_duration),
-        shutdown_grace: l.pick("ZIRAAI_WORKER_SHUTDOWN_GRACE", w.shutdown_grace, DEFAULT_WORKER_SHUTDOWN_GRACE, parse_duration),
+        breaker_cooldown: l.pick(
+            "ZIRAAI_BREAKER_COOLDOWN",
+            w.breaker_cooldown,
+            DEFAULT_BREAKER_COOLDOWN,
+            parse_nonzero_duration,
+        ),
+        shutdown_grace: l.pick(
+            "ZIRAAI_WORKER_SHUTDOWN_GRACE",
+            w.shutdown_grace,
+            DEFAULT_WORKER_SHUTDOWN_GRACE,
+            parse_duration,
+        ),
         dev_analyzer_listen: l.pick(
             "ZIRAAI_DEV_ANALYZER_LISTEN",
             w.dev_analyzer_listen,
             addr(DEFAULT_DEV_ANALYZER_LISTEN),
             parse_addr,
         ),
-};
+    };
 
     let log_format = l.pick(
         "ZIRAAI_LOG_FORMAT",

@@ -18,6 +18,13 @@ use tokio::time::Instant;
 const WRITE_BATCH: usize = 64;
 /// Delivered-but-unacknowledged sequences remembered per socket for ack tracking.
 const MAX_UNACKED: usize = 4096;
+/// A written event counts as received (for clients that send no acks) when the client
+/// is heard from at least this long after the write: time for the frame to arrive.
+/// A socket whose peer vanished accepts writes into the kernel buffer, so "written"
+/// alone would advance a cursor past events nobody received.
+const WRITE_CONFIRM_MARGIN: Duration = Duration::from_secs(1);
+/// Written-but-unconfirmed positions remembered per socket.
+const MAX_UNCONFIRMED: usize = 1024;
 /// How long a session retries reading the stream (broker restarting, leader
 /// election) before it closes the socket so the client resumes elsewhere.
 const READ_PATIENCE: Duration = Duration::from_secs(20);
@@ -36,6 +43,8 @@ pub(super) struct Conn<S, B, D> {
     unacked: VecDeque<u64>,
     last_heard: Instant,
     last_sent: Instant,
+    /// (time of a flush, last sequence written by then), for `acks_on_write` dialects.
+    unconfirmed: VecDeque<(Instant, u64)>,
     cursor_dirty: bool,
     last_cursor_save: Option<Instant>,
 }
@@ -66,6 +75,7 @@ where
             unacked: VecDeque::new(),
             last_heard: Instant::now(),
             last_sent: Instant::now(),
+            unconfirmed: VecDeque::new(),
             cursor_dirty: false,
             last_cursor_save: None,
         }
@@ -121,6 +131,7 @@ where
                 }
                 incoming = self.socket.next() => {
                     self.last_heard = Instant::now();
+                    self.confirm_writes().await;
                     self.inbound(incoming).await?;
                 }
                 _ = pings.tick() => {
@@ -283,6 +294,21 @@ where
         }
     }
 
+    /// The client was just heard from: events written long enough before count as
+    /// received.
+    async fn confirm_writes(&mut self) {
+        let Some(cutoff) = self.last_heard.checked_sub(WRITE_CONFIRM_MARGIN) else {
+            return;
+        };
+        let mut confirmed = None;
+        while self.unconfirmed.front().is_some_and(|(t, _)| *t <= cutoff) {
+            confirmed = self.unconfirmed.pop_front().map(|(_, seq)| seq);
+        }
+        if let Some(seq) = confirmed {
+            self.ack(seq).await;
+        }
+    }
+
     pub(super) async fn save_cursor_if_dirty(&mut self) {
         if self.cursor_dirty {
             self.cursor_dirty = false;
@@ -303,9 +329,15 @@ where
         match tokio::time::timeout(self.s.limits.write_timeout, self.socket.flush()).await {
             Ok(Ok(())) => {
                 self.last_sent = Instant::now();
-                if self.d.acks_on_write() && self.last_seen > self.ctl.acked() {
-                    // Written to the socket counts as acknowledged for these clients.
-                    self.ack(self.last_seen).await;
+                let newest = self
+                    .unconfirmed
+                    .back()
+                    .map_or(self.ctl.acked(), |(_, s)| *s);
+                if self.d.acks_on_write() && self.last_seen > newest {
+                    if self.unconfirmed.len() == MAX_UNCONFIRMED {
+                        self.unconfirmed.pop_front();
+                    }
+                    self.unconfirmed.push_back((self.last_sent, self.last_seen));
                 }
                 Ok(())
             }

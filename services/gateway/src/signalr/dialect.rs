@@ -97,8 +97,11 @@ impl Dialect for SignalrDialect {
                     break;
                 }
                 ClientMessage::Ack(n) => {
-                    if let Some(st) = self.stateful.as_mut() {
-                        st.acked(n).await;
+                    // Stateful clients acknowledge explicitly: that is the cursor too.
+                    if let Some(st) = self.stateful.as_mut()
+                        && let Some(seq) = st.acked(n).await
+                    {
+                        out.push(Inbound::Ack(seq));
                     }
                 }
                 // Pings only reset the timer; fire-and-forget calls, acks, sequences

@@ -101,6 +101,12 @@ impl Resumes {
 pub(crate) struct Stateful {
     resumes: Resumes,
     cid: Arc<str>,
+    book: Numbering,
+}
+
+/// Message numbers of one connection and the record they lead to (no I/O).
+#[derive(Debug)]
+struct Numbering {
     record: Record,
     /// Number of the last tracked message sent.
     sent: u64,
@@ -109,23 +115,13 @@ pub(crate) struct Stateful {
     overflowed: bool,
 }
 
-impl Stateful {
-    /// State of a connection whose client has acknowledged `record.acked` messages.
-    pub(crate) fn new(resumes: Resumes, cid: Arc<str>, record: Record) -> Self {
+impl Numbering {
+    fn new(record: Record) -> Self {
         Self {
             sent: record.acked,
-            resumes,
-            cid,
             record,
             log: VecDeque::new(),
             overflowed: false,
-        }
-    }
-
-    /// Writes the record now.
-    pub(crate) async fn persist(&self) {
-        if let Err(e) = self.resumes.put(&self.cid, &self.record).await {
-            tracing::warn!(connection = %self.cid, error = %e, "stateful-reconnect state not saved");
         }
     }
 
@@ -138,23 +134,16 @@ impl Stateful {
         self.log.push_back((self.sent, seq));
     }
 
-    /// An event invocation was written.
-    pub(crate) fn sent_event(&mut self, seq: u64) {
-        self.push(Some(seq));
-    }
-
-    /// A Completion is about to be written: mark the record first.
-    pub(crate) async fn completion(&mut self) {
+    fn completion(&mut self) {
         self.push(None);
         self.record.dirty = true;
-        self.persist().await;
     }
 
-    /// The client acknowledged messages up to `n`.
-    pub(crate) async fn acked(&mut self, n: u64) {
+    /// Applies an ack; false if it acknowledged nothing new.
+    fn ack(&mut self, n: u64) -> bool {
         let n = n.min(self.sent);
         if n <= self.record.acked {
-            return;
+            return false;
         }
         while self.log.front().is_some_and(|(id, _)| *id <= n) {
             if let Some((_, Some(seq))) = self.log.pop_front() {
@@ -163,6 +152,108 @@ impl Stateful {
         }
         self.record.acked = n;
         self.record.dirty = self.overflowed || self.log.iter().any(|(_, s)| s.is_none());
+        true
+    }
+}
+
+impl Stateful {
+    /// State of a connection whose client has acknowledged `record.acked` messages.
+    pub(crate) fn new(resumes: Resumes, cid: Arc<str>, record: Record) -> Self {
+        Self {
+            resumes,
+            cid,
+            book: Numbering::new(record),
+        }
+    }
+
+    /// Writes the record now.
+    pub(crate) async fn persist(&self) {
+        if let Err(e) = self.resumes.put(&self.cid, &self.book.record).await {
+            tracing::warn!(connection = %self.cid, error = %e, "stateful-reconnect state not saved");
+        }
+    }
+
+    /// An event invocation was written.
+    pub(crate) fn sent_event(&mut self, seq: u64) {
+        self.book.push(Some(seq));
+    }
+
+    /// A Completion is about to be written: mark the record first.
+    pub(crate) async fn completion(&mut self) {
+        self.book.completion();
         self.persist().await;
+    }
+
+    /// The client acknowledged messages up to `n`; returns the stream sequence that
+    /// covers, when it moved.
+    pub(crate) async fn acked(&mut self, n: u64) -> Option<u64> {
+        if !self.book.ack(n) {
+            return None;
+        }
+        self.persist().await;
+        Some(self.book.record.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(start_seq: u64) -> Numbering {
+        Numbering::new(Record {
+            user: "u".into(),
+            protocol: "json".into(),
+            acked: 0,
+            seq: start_seq,
+            dirty: false,
+        })
+    }
+
+    #[test]
+    fn acks_map_message_numbers_to_stream_sequences() {
+        let mut b = book(10);
+        for seq in [12, 15, 19] {
+            b.push(Some(seq));
+        }
+        assert!(b.ack(2));
+        assert_eq!(
+            (b.record.acked, b.record.seq, b.record.dirty),
+            (2, 15, false)
+        );
+        assert!(!b.ack(1), "old acks change nothing");
+        assert!(b.ack(99), "an ack beyond what was sent is clamped");
+        assert_eq!((b.record.acked, b.record.seq), (3, 19));
+    }
+
+    #[test]
+    fn an_unacknowledged_completion_makes_the_record_dirty() {
+        let mut b = book(0);
+        b.push(Some(5));
+        b.completion();
+        b.push(Some(8));
+        assert!(b.record.dirty, "dirty as soon as a Completion is sent");
+        assert!(b.ack(1));
+        assert!(
+            b.record.dirty,
+            "the Completion (message 2) is still unacknowledged"
+        );
+        assert!(b.ack(3));
+        assert_eq!(
+            (b.record.acked, b.record.seq, b.record.dirty),
+            (3, 8, false)
+        );
+    }
+
+    #[test]
+    fn numbering_continues_after_a_resume() {
+        let mut b = Numbering::new(Record {
+            user: "u".into(),
+            protocol: "json".into(),
+            acked: 7,
+            seq: 40,
+            dirty: false,
+        });
+        b.push(Some(41));
+        assert_eq!(b.log.back(), Some(&(8, Some(41))));
     }
 }

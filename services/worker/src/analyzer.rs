@@ -1,0 +1,136 @@
+//! The analyzer over HTTP: `POST <ZIRAAI_ANALYZER_URL>` with the job JSON.
+//!
+//! A 2xx JSON body is the result. A 4xx is permanent (the analyzer refused this job;
+//! its message goes into the failed event). A 5xx, a time-out or a refused connection
+//! is transient: the job is retried later.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+
+/// Longest analyzer answer read, bytes.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What one call came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(Value),
+    /// The analyzer refused the job (4xx): do not retry.
+    Rejected { status: u16, message: String },
+    /// Worth retrying: 5xx, time-out, connection refused or reset.
+    Transient(String),
+}
+
+/// An HTTP client for one analyzer URL.
+#[derive(Clone)]
+pub struct Analyzer {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: hyper::Uri,
+    timeout: Duration,
+}
+
+impl Analyzer {
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let url: hyper::Uri = url.parse()?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            url,
+            timeout,
+        })
+    }
+
+    /// Posts the job and classifies the answer.
+    pub async fn analyze(&self, job: &Map<String, Value>) -> Outcome {
+        let body = Bytes::from(serde_json::to_vec(job).unwrap_or_default());
+        let request = hyper::Request::post(self.url.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(body));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Outcome::Transient(format!("bad request: {e}")),
+        };
+        let call = async {
+            let response = self.client.request(request).await.map_err(|e| format!("analyzer unreachable: {e}"))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the analyzer's answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, bytes))
+        };
+        let (status, bytes) = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => return Outcome::Transient(format!("analyzer did not answer within {:?}", self.timeout)),
+            Ok(Err(e)) => return Outcome::Transient(e),
+            Ok(Ok(r)) => r,
+        };
+        classify(status, &bytes[..bytes.len().min(MAX_BODY)])
+    }
+}
+
+/// Maps an HTTP answer to an [`Outcome`].
+pub fn classify(status: u16, body: &[u8]) -> Outcome {
+    match status {
+        200..=299 => match serde_json::from_slice::<Value>(body) {
+            Ok(v) => Outcome::Completed(v),
+            // A success without a JSON body is the analyzer's bug; retrying may help.
+            Err(_) => Outcome::Transient(format!("analyzer answered {status} without JSON")),
+        },
+        400..=499 => Outcome::Rejected {
+            status,
+            message: message_of(body).unwrap_or_else(|| format!("analyzer refused the job ({status})")),
+        },
+        _ => Outcome::Transient(format!("analyzer answered {status}")),
+    }
+}
+
+/// The analyzer's message: `message` or `error` (string, or object with `message`), or
+/// the body text.
+fn message_of(body: &[u8]) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        for key in ["message", "error", "detail", "title"] {
+            match v.get(key) {
+                Some(Value::String(s)) => return Some(s.clone()),
+                Some(Value::Object(o)) => {
+                    if let Some(Value::String(s)) = o.get("message") {
+                        return Some(s.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body).trim().to_owned();
+    (!text.is_empty()).then(|| text.chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(200, br#"{"ok":1}"#), Outcome::Completed(json!({"ok": 1})));
+        assert!(matches!(classify(200, b"<html>"), Outcome::Transient(_)));
+        assert_eq!(
+            classify(400, br#"{"message":"image too small"}"#),
+            Outcome::Rejected { status: 400, message: "image too small".into() }
+        );
+        assert_eq!(
+            classify(422, br#"{"error":{"message":"no leaf"}}"#),
+            Outcome::Rejected { status: 422, message: "no leaf".into() }
+        );
+        assert_eq!(classify(404, b"not here"), Outcome::Rejected { status: 404, message: "not here".into() });
+        assert!(matches!(classify(503, b""), Outcome::Transient(_)));
+        assert!(matches!(classify(500, b"boom"), Outcome::Transient(_)));
+    }
+}
