@@ -21,7 +21,10 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 pub enum Outcome {
     Completed(Value),
     /// The analyzer refused the job (4xx): do not retry.
-    Rejected { status: u16, message: String },
+    Rejected {
+        status: u16,
+        message: String,
+    },
     /// Worth retrying: 5xx, time-out, connection refused or reset.
     Transient(String),
 }
@@ -57,7 +60,11 @@ impl Analyzer {
             Err(e) => return Outcome::Transient(format!("bad request: {e}")),
         };
         let call = async {
-            let response = self.client.request(request).await.map_err(|e| format!("analyzer unreachable: {e}"))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("analyzer unreachable: {e}"))?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -68,7 +75,12 @@ impl Analyzer {
             Ok::<_, String>((status, bytes))
         };
         let (status, bytes) = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => return Outcome::Transient(format!("analyzer did not answer within {:?}", self.timeout)),
+            Err(_) => {
+                return Outcome::Transient(format!(
+                    "analyzer did not answer within {:?}",
+                    self.timeout
+                ));
+            }
             Ok(Err(e)) => return Outcome::Transient(e),
             Ok(Ok(r)) => r,
         };
@@ -86,7 +98,8 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome {
         },
         400..=499 => Outcome::Rejected {
             status,
-            message: message_of(body).unwrap_or_else(|| format!("analyzer refused the job ({status})")),
+            message: message_of(body)
+                .unwrap_or_else(|| format!("analyzer refused the job ({status})")),
         },
         _ => Outcome::Transient(format!("analyzer answered {status}")),
     }
@@ -119,17 +132,32 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify(200, br#"{"ok":1}"#), Outcome::Completed(json!({"ok": 1})));
+        assert_eq!(
+            classify(200, br#"{"ok":1}"#),
+            Outcome::Completed(json!({"ok": 1}))
+        );
         assert!(matches!(classify(200, b"<html>"), Outcome::Transient(_)));
         assert_eq!(
             classify(400, br#"{"message":"image too small"}"#),
-            Outcome::Rejected { status: 400, message: "image too small".into() }
+            Outcome::Rejected {
+                status: 400,
+                message: "image too small".into()
+            }
         );
         assert_eq!(
             classify(422, br#"{"error":{"message":"no leaf"}}"#),
-            Outcome::Rejected { status: 422, message: "no leaf".into() }
+            Outcome::Rejected {
+                status: 422,
+                message: "no leaf".into()
+            }
         );
-        assert_eq!(classify(404, b"not here"), Outcome::Rejected { status: 404, message: "not here".into() });
+        assert_eq!(
+            classify(404, b"not here"),
+            Outcome::Rejected {
+                status: 404,
+                message: "not here".into()
+            }
+        );
         assert!(matches!(classify(503, b""), Outcome::Transient(_)));
         assert!(matches!(classify(500, b"boom"), Outcome::Transient(_)));
     }

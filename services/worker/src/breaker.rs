@@ -94,6 +94,30 @@ impl Breaker {
         }
     }
 
+    /// Whether the worker should pull more jobs now: not while open, nor while a
+    /// half-open trial is running; the wait otherwise.
+    pub fn permit_to_pull(&self) -> Result<(), Duration> {
+        let i = self.lock();
+        match i.open_until {
+            None => Ok(()),
+            Some(t) => {
+                let now = Instant::now();
+                if now < t {
+                    Err(t - now)
+                } else if i.trial_running {
+                    Err(Duration::from_millis(100))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// A trial call that ended without a verdict (handed back at shutdown).
+    pub fn abandoned(&self) {
+        self.lock().trial_running = false;
+    }
+
     pub fn success(&self) {
         let mut i = self.lock();
         i.failures = 0;

@@ -1,5 +1,7 @@
-//! The demo producer behind `ziraai-worker demo` (used by `make run`): publishes a
-//! sample analysis outcome for the demo user every interval until stopped.
+//! The demo producer behind `ziraai-worker demo` (used by `make run`): submits a sample
+//! analysis job for the demo user every interval until stopped; `ziraai-worker run`
+//! analyses it and the user is notified. [`sample`] builds a finished outcome directly
+//! (used by tests and the bench).
 
 use std::time::Duration;
 
@@ -7,8 +9,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use ziraai_proto::UserId;
 use ziraai_proto::analysis::{AnalysisError, AnalysisId, AnalysisOutcome};
-
-use crate::Publisher;
 
 /// Sample outcome number `n`: mostly completed, every fifth one failed.
 pub fn sample(user: &UserId, run: &str, n: u64) -> AnalysisOutcome {
@@ -36,8 +36,29 @@ pub fn sample(user: &UserId, run: &str, n: u64) -> AnalysisOutcome {
     }
 }
 
-/// Publishes one sample every `interval` until `stop` is cancelled.
-pub async fn run(publisher: Publisher, user: UserId, interval: Duration, stop: CancellationToken) {
+/// Submits one analysis job to `jobs.analysis` and waits for the stream to store it.
+pub async fn submit_job(
+    js: &async_nats::jetstream::Context,
+    job: &serde_json::Value,
+) -> anyhow::Result<u64> {
+    let id = job["jobId"].as_str().unwrap_or_default().to_owned();
+    let msg = async_nats::jetstream::message::PublishMessage::build()
+        .payload(bytes::Bytes::from(job.to_string()))
+        .message_id(&id);
+    let ack = js
+        .send_publish(ziraai_common::nats::JOBS_SUBJECT, msg)
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
+/// Submits a sample job every `interval` until `stop` is cancelled.
+pub async fn run(
+    js: async_nats::jetstream::Context,
+    user: UserId,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let run_id = nuid::next().to_string();
     let mut ticker = tokio::time::interval(interval);
     for n in 1u64.. {
@@ -45,12 +66,15 @@ pub async fn run(publisher: Publisher, user: UserId, interval: Duration, stop: C
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let outcome = sample(&user, &run_id, n);
-        match publisher.publish_outcome(&outcome).await {
-            Ok(p) => {
-                tracing::info!(user = %user, kind = outcome.kind(), seq = p.seq, "demo event published")
-            }
-            Err(e) => tracing::warn!(user = %user, error = %e, "demo publish failed"),
+        let job = json!({
+            "jobId": format!("demo-{run_id}-{n}"),
+            "analysisId": format!("demo-{n}"),
+            "userId": user,
+            "imageUrl": format!("https://example.invalid/demo/{n}.jpg"),
+        });
+        match submit_job(&js, &job).await {
+            Ok(seq) => tracing::info!(user = %user, job = %job["jobId"], seq, "demo job submitted"),
+            Err(e) => tracing::warn!(user = %user, error = %e, "demo job not submitted"),
         }
     }
 }

@@ -45,13 +45,20 @@ impl Job {
             _ => return Err(Poison::NoJobId),
         };
         let user_id = match body.get("userId") {
-            Some(Value::String(s)) => UserId::parse(s).map_err(|e| Poison::BadUserId(e.to_string()))?,
-            Some(Value::Number(n)) => UserId::parse(&n.to_string()).map_err(|e| Poison::BadUserId(e.to_string()))?,
+            Some(Value::String(s)) => {
+                UserId::parse(s).map_err(|e| Poison::BadUserId(e.to_string()))?
+            }
+            Some(Value::Number(n)) => {
+                UserId::parse(&n.to_string()).map_err(|e| Poison::BadUserId(e.to_string()))?
+            }
             _ => return Err(Poison::NoUserId),
         };
         let analysis_id = match body.get("analysisId") {
             Some(Value::String(s)) => AnalysisId::Text(s.clone()),
-            Some(Value::Number(n)) => n.as_i64().map(AnalysisId::Number).ok_or(Poison::NoAnalysisId)?,
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(AnalysisId::Number)
+                .ok_or(Poison::NoAnalysisId)?,
             _ => return Err(Poison::NoAnalysisId),
         };
         Ok(Self {
@@ -81,7 +88,8 @@ mod tests {
         assert_eq!(j.user_id.as_str(), "u-1");
         assert_eq!(j.body["crop"], "tomato");
         assert_eq!(j.event_id(), "job-j1");
-        let n = Job::parse(br#"{"jobId":"j2","analysisId":"a-2","userId":77}"#).expect("numeric user id");
+        let n = Job::parse(br#"{"jobId":"j2","analysisId":"a-2","userId":77}"#)
+            .expect("numeric user id");
         assert_eq!(n.user_id.as_str(), "77");
     }
 
@@ -92,11 +100,21 @@ mod tests {
             (b"[1]", Poison::NotJson),
             (br#"{"analysisId":1,"userId":"u"}"#, Poison::NoJobId),
             (br#"{"jobId":"j","analysisId":1}"#, Poison::NoUserId),
-            (br#"{"jobId":"j","analysisId":1,"userId":"42.>"}"#, Poison::BadUserId("contains '.'; only A-Z, a-z, 0-9, '_' and '-' are allowed".into())),
+            (
+                br#"{"jobId":"j","analysisId":1,"userId":"42.>"}"#,
+                Poison::BadUserId(
+                    "contains '.'; only A-Z, a-z, 0-9, '_' and '-' are allowed".into(),
+                ),
+            ),
             (br#"{"jobId":"j","userId":"u"}"#, Poison::NoAnalysisId),
         ];
         for (body, want) in cases {
-            assert_eq!(Job::parse(body), Err(want), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                Job::parse(body),
+                Err(want),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -1,11 +1,21 @@
-//! ZiraAI Realtime worker: publishes analysis outcomes to the `NOTIFY` stream.
+//! ZiraAI Realtime worker: consumes analysis jobs ([`WorkerApp`]) and publishes their
+//! outcomes to the `NOTIFY` stream.
 //!
 //! [`Publisher`] waits for the PubAck of every event and retries with exponential
 //! back-off on the transient failures (timeout, no responders while a stream leader
 //! is elected, broken connection), always with the same `Nats-Msg-Id`, so a retry
 //! that reaches the stream twice is stored once (JetStream de-duplication).
 
+pub mod analyzer;
+pub mod app;
+pub mod breaker;
 pub mod demo;
+pub mod dev_analyzer;
+pub mod job;
+mod runner;
+
+pub use app::{WorkerApp, WorkerProbe};
+pub use runner::Counters;
 
 use std::time::Duration;
 

@@ -37,8 +37,24 @@ enum Command {
         #[arg(long, conflicts_with = "failed")]
         result: Option<String>,
     },
-    /// Publish a sample event for the demo user every few seconds until stopped.
+    /// Consume analysis jobs from JOBS, call the analyzer, publish the outcomes.
+    Run,
+    /// Submit a sample analysis job for the demo user every few seconds until stopped.
     Demo,
+    /// Submit one analysis job (what the platform does), wait until it is stored.
+    Submit {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        analysis: String,
+        #[arg(long, default_value = "https://example.invalid/photo.jpg")]
+        image: String,
+        /// Job id (default: a new unique id).
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Serve a stand-in analyzer with sample results (development only).
+    DevAnalyzer,
 }
 
 #[tokio::main]
@@ -62,6 +78,24 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match &command {
+        Command::Run => {
+            let app = ziraai_worker::WorkerApp::build(config).await?;
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), health = %app.local_addr()?, "worker consuming jobs");
+            return app.run_until_stopped(shutdown::signal()).await;
+        }
+        Command::DevAnalyzer => {
+            if config.env != ziraai_common::Environment::Development {
+                anyhow::bail!("the development analyzer runs only with ZIRAAI_ENV=development");
+            }
+            return ziraai_worker::dev_analyzer::serve(
+                config.worker.dev_analyzer_listen,
+                shutdown::signal(),
+            )
+            .await;
+        }
+        _ => {}
+    }
     let outcome = match &command {
         Command::Publish {
             user,
@@ -91,12 +125,33 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 AnalysisOutcome::completed(id, user, result)
             })
         }
-        Command::Demo => None,
+        _ => None,
     };
     let client = nats::connect(&config.nats, "ziraai-worker").await?;
     let js = jetstream::new(client.clone());
     nats::apply_notify_streams(&js).await?;
-    let publisher = Publisher::new(js);
+    if let Command::Submit {
+        user,
+        analysis,
+        image,
+        job,
+    } = &command
+    {
+        let user = UserId::parse(user).map_err(|e| anyhow::anyhow!("--user {user:?} {e}"))?;
+        nats::apply_job_streams(&js).await?;
+        let job = serde_json::json!({
+            "jobId": job.clone().unwrap_or_else(|| nuid::next().to_string()),
+            "analysisId": AnalysisId::from_arg(analysis),
+            "userId": user,
+            "imageUrl": image,
+        });
+        let seq = ziraai_worker::demo::submit_job(&js, &job).await?;
+        eprintln!("submitted job {} to JOBS", job["jobId"]);
+        println!("{seq}");
+        client.flush().await.context("flushing NATS")?;
+        return Ok(());
+    }
+    let publisher = Publisher::new(js.clone());
     match outcome {
         Some(outcome) => {
             let published = publisher.publish_outcome(&outcome).await?;
@@ -116,14 +171,16 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         None => {
             let user = UserId::parse(&config.worker.demo_user)
                 .map_err(|e| anyhow::anyhow!("demo user {e}"))?;
-            tracing::info!(user = %user, interval = ?config.worker.demo_interval, "demo producer started");
+            tracing::info!(user = %user, interval = ?config.worker.demo_interval, "demo job submitter started");
             let stop = CancellationToken::new();
             let signal = stop.clone();
             tokio::spawn(async move {
                 shutdown::signal().await;
                 signal.cancel();
             });
-            ziraai_worker::demo::run(publisher, user, config.worker.demo_interval, stop).await;
+            nats::apply_job_streams(&js).await?;
+            drop(publisher);
+            ziraai_worker::demo::run(js, user, config.worker.demo_interval, stop).await;
         }
     }
     client.flush().await.context("flushing NATS")?;

@@ -1,0 +1,209 @@
+//! The worker service (`ziraai-worker run`): health endpoints on
+//! `ZIRAAI_WORKER_LISTEN` and the job runner, with a graceful stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use ziraai_common::Config;
+use ziraai_common::nats;
+
+use crate::Publisher;
+use crate::analyzer::Analyzer;
+use crate::breaker::{Breaker, State as BreakerState};
+use crate::runner::{Counters, Runner};
+
+/// A bound, connected worker, not yet running.
+pub struct WorkerApp {
+    listener: TcpListener,
+    runner: Arc<Runner>,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    client: async_nats::Client,
+}
+
+/// Read-only view of a running worker.
+#[derive(Clone)]
+pub struct WorkerProbe {
+    pub counters: Arc<Counters>,
+    pub breaker: Arc<Breaker>,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    client: async_nats::Client,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    probe: WorkerProbe,
+    stopping: CancellationToken,
+}
+
+impl WorkerApp {
+    /// Connects to NATS, applies the streams and the consumer, binds the health port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let client = nats::connect(&config.nats, "ziraai-worker").await?;
+        let js = jetstream::new(client.clone());
+        nats::apply_notify_streams(&js).await?;
+        let consumer = nats::apply_job_streams(&js).await?;
+        let listener = TcpListener::bind(config.worker.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.worker.listen))?;
+        let cfg = config.worker;
+        let runner = Arc::new(Runner {
+            publisher: Publisher::new(js.clone()),
+            analyzer: Analyzer::new(&cfg.analyzer_url, cfg.analyzer_timeout)
+                .context("ZIRAAI_ANALYZER_URL")?,
+            breaker: Arc::new(Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown)),
+            counters: Arc::new(Counters::default()),
+            js,
+            cfg,
+        });
+        Ok(Self {
+            listener,
+            runner,
+            consumer,
+            client,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn probe(&self) -> WorkerProbe {
+        WorkerProbe {
+            counters: self.runner.counters.clone(),
+            breaker: self.runner.breaker.clone(),
+        }
+    }
+
+    /// Runs until `shutdown`; then stops pulling, lets in-flight jobs finish within the
+    /// grace period, hands back (nak) the rest, and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let hand_back = CancellationToken::new();
+        let health = HealthState {
+            client: self.client.clone(),
+            consumer: self.consumer.clone(),
+            probe: self.probe(),
+            stopping: stop.clone(),
+        };
+        let router = Router::new()
+            .route(
+                "/health/live",
+                get(|| async { axum::Json(json!({"status": "live"})) }),
+            )
+            .route("/health/ready", get(ready))
+            .route("/health", get(details))
+            .with_state(health);
+        let http_stop = stop.clone();
+        let http = tokio::spawn(
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .into_future(),
+        );
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("stopping: no more pulls; finishing in-flight jobs");
+            signal.cancel();
+        });
+        let grace = self.runner.cfg.shutdown_grace;
+        let tracker = self
+            .runner
+            .clone()
+            .run(
+                self.consumer,
+                self.client.clone(),
+                stop.clone(),
+                hand_back.clone(),
+            )
+            .await;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over: handing back in-flight jobs"
+            );
+            hand_back.cancel();
+            tracker.wait().await;
+        }
+        let _ = http.await;
+        if let Err(e) = self.client.flush().await {
+            tracing::debug!(error = %e, "final flush failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn missing(h: &HealthState) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if h.stopping.is_cancelled() {
+        missing.push("stopping");
+    }
+    if h.client.connection_state() != async_nats::connection::State::Connected {
+        missing.push("nats");
+    }
+    if h.probe.breaker.state() != BreakerState::Closed {
+        missing.push("analyzer (circuit breaker open)");
+    }
+    missing
+}
+
+async fn ready(State(h): State<HealthState>) -> Response {
+    let missing = missing(&h);
+    let status = if missing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({"status": if missing.is_empty() { "ready" } else { "not ready" }, "missing": missing}))).into_response()
+}
+
+async fn details(State(h): State<HealthState>) -> Response {
+    let missing = missing(&h);
+    let pending = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        h.consumer.get_info(),
+    )
+    .await
+    {
+        Ok(Ok(info)) => {
+            json!({"waiting": info.num_pending, "unacknowledged": info.num_ack_pending, "redelivered": info.num_redelivered})
+        }
+        _ => serde_json::Value::Null,
+    };
+    let c = &h.probe.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let body = json!({
+        "status": if missing.is_empty() { "ready" } else { "not ready" },
+        "missing": missing,
+        "version": env!("CARGO_PKG_VERSION"),
+        "breaker": {"state": h.probe.breaker.state().as_str(), "timesOpened": h.probe.breaker.times_opened()},
+        "jobs": pending,
+        "inFlight": c.in_flight.load(Ordering::Relaxed),
+        "completed": get(&c.completed),
+        "failed": get(&c.failed),
+        "retried": get(&c.retried),
+        "poison": get(&c.poison),
+        "handedBack": get(&c.handed_back),
+    });
+    let status = if missing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,270 @@
+//! `ziraai-worker run`: consumes analysis jobs from the `JOBS` work queue, calls the
+//! analyzer, publishes the outcome to `NOTIFY`, and only then acknowledges the job.
+//!
+//! Exactly one notification per job: the event's `Nats-Msg-Id` is `job-<jobId>`, so
+//! every publish for a job (a retry, a redelivery after a crash) is stored once. At
+//! most `max_in_flight` jobs run at once. A transient analyzer failure hands the job
+//! back with a growing redelivery delay (`nak` with delay: the server holds the job,
+//! no task sleeps); after `max_attempts` deliveries it becomes `analysis.failed` with
+//! code `analyzer_unavailable`. The circuit breaker stops pulling while the analyzer
+//! keeps failing. Poison jobs are terminated and published as advisories.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ziraai_common::config::WorkerConfig;
+use ziraai_common::nats::POISON_ADVISORY_SUBJECT;
+use ziraai_proto::analysis::{AnalysisError, AnalysisOutcome};
+
+use crate::Publisher;
+use crate::analyzer::{Analyzer, Outcome};
+use crate::breaker::Breaker;
+use crate::job::Job;
+
+/// Progress acks keep a long analysis from being redelivered: sent at this fraction
+/// of the consumer's ack wait.
+const PROGRESS_EVERY: Duration = Duration::from_secs(20);
+/// How long one pull waits for jobs.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// Pause after a failed pull (broker unreachable).
+const PULL_RETRY: Duration = Duration::from_millis(500);
+
+/// Counters shown by `/health`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub poison: AtomicU64,
+    pub handed_back: AtomicU64,
+    pub in_flight: AtomicUsize,
+}
+
+/// What the job tasks share.
+pub(crate) struct Runner {
+    pub(crate) js: jetstream::Context,
+    pub(crate) publisher: Publisher,
+    pub(crate) analyzer: Analyzer,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) cfg: WorkerConfig,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Runner {
+    /// Redelivery delay after the `delivered`-th attempt failed transiently.
+    fn backoff(&self, delivered: u64) -> Duration {
+        let exp = delivered.saturating_sub(1).min(16) as u32;
+        (self.cfg.retry_base * 2u32.saturating_pow(exp)).min(self.cfg.retry_max)
+    }
+
+    /// Pulls and processes jobs until `stop`; then lets in-flight jobs finish until
+    /// `hand_back` fires, after which they are handed back (nak) at once.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        consumer: consumer::Consumer<consumer::pull::Config>,
+        client: async_nats::Client,
+        stop: CancellationToken,
+        hand_back: CancellationToken,
+    ) -> TaskTracker {
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        loop {
+            if let Err(wait) = self.breaker.permit_to_pull() {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+            if client.connection_state() != async_nats::connection::State::Connected {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(PULL_RETRY) => continue,
+                }
+            }
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut messages = match batch {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pulling jobs failed; retrying");
+                    drop(permits);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(PULL_RETRY) => continue,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => None,
+                    m = messages.next() => m,
+                };
+                let Some(next) = next else { break };
+                let msg = match next {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pull ended");
+                        break;
+                    }
+                };
+                let Some(permit) = permits.pop() else { break };
+                let (me, hand_back) = (self.clone(), hand_back.clone());
+                tracker.spawn(async move {
+                    me.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                    me.process(msg, hand_back).await;
+                    me.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        tracker.close();
+        tracker
+    }
+
+    async fn process(&self, msg: jetstream::Message, hand_back: CancellationToken) {
+        let delivered = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+        let job = match Job::parse(&msg.payload) {
+            Ok(job) => job,
+            Err(poison) => return self.poison(&msg, &poison.to_string()).await,
+        };
+        if self.breaker.permit().is_err() {
+            // Not an attempt: the job waits for the analyzer to recover.
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(self.cfg.breaker_cooldown)))
+                .await;
+            return;
+        }
+        let analysis = self.analyzer.analyze(&job.body);
+        tokio::pin!(analysis);
+        let mut progress =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        let outcome = loop {
+            tokio::select! {
+                o = &mut analysis => break o,
+                _ = progress.tick() => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+                _ = hand_back.cancelled() => {
+                    self.breaker.abandoned();
+                    self.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    return;
+                }
+            }
+        };
+        let result = match outcome {
+            Outcome::Completed(result) => {
+                self.breaker.success();
+                AnalysisOutcome::completed(job.analysis_id.clone(), job.user_id.clone(), result)
+            }
+            Outcome::Rejected { status, message } => {
+                // The analyzer answered: it is up; this job is what it refuses.
+                self.breaker.success();
+                tracing::info!(job = %job.job_id, status, %message, "analyzer rejected the job");
+                let error = AnalysisError {
+                    code: "analysis_rejected".into(),
+                    message,
+                };
+                AnalysisOutcome::failed(job.analysis_id.clone(), job.user_id.clone(), error)
+            }
+            Outcome::Transient(why) => {
+                if self.breaker.failure() {
+                    tracing::warn!(cooldown = ?self.cfg.breaker_cooldown, "analyzer keeps failing: circuit breaker open");
+                }
+                if delivered < self.cfg.max_attempts {
+                    let delay = self.backoff(delivered);
+                    tracing::info!(job = %job.job_id, attempt = delivered, ?delay, %why, "analyzer unavailable; job handed back");
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    return;
+                }
+                tracing::warn!(job = %job.job_id, attempts = delivered, %why, "giving up on the analyzer for this job");
+                let error = AnalysisError {
+                    code: "analyzer_unavailable".into(),
+                    message: format!(
+                        "the analyzer could not be reached after {delivered} attempts: {why}"
+                    ),
+                };
+                AnalysisOutcome::failed(job.analysis_id.clone(), job.user_id.clone(), error)
+            }
+        };
+        let envelope = result.to_envelope();
+        match self
+            .publisher
+            .publish(&job.user_id, &envelope, &job.event_id())
+            .await
+        {
+            Ok(p) => {
+                // Acknowledge only after the PubAck; a lost ack means a redelivery,
+                // whose publish JetStream de-duplicates by the same id.
+                if let Err(e) = msg.double_ack().await {
+                    tracing::warn!(job = %job.job_id, error = %e, "job ack failed; it will be redelivered and de-duplicated");
+                }
+                let counter = if matches!(result, AnalysisOutcome::Completed(_)) {
+                    &self.counters.completed
+                } else {
+                    &self.counters.failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job = %job.job_id, seq = p.seq, duplicate = p.duplicate, kind = result.kind(), "event published, job acknowledged");
+            }
+            Err(e) => {
+                // Not acknowledged: the job comes back and is published then.
+                tracing::warn!(job = %job.job_id, error = %e, "event not published; job handed back");
+                let _ = msg.ack_with(AckKind::Nak(Some(self.cfg.retry_base))).await;
+            }
+        }
+    }
+
+    /// Terminates a poison job and publishes an advisory about it.
+    async fn poison(&self, msg: &jetstream::Message, reason: &str) {
+        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        tracing::warn!(stream_seq, reason, "poison job terminated");
+        self.counters.poison.fetch_add(1, Ordering::Relaxed);
+        let body: String = String::from_utf8_lossy(&msg.payload)
+            .chars()
+            .take(2000)
+            .collect();
+        let advisory = serde_json::json!({
+            "type": "ziraai.worker.poison_job",
+            "stream": "JOBS",
+            "streamSeq": stream_seq,
+            "reason": reason,
+            "body": body,
+            "at": ziraai_proto::envelope::rfc3339(time::OffsetDateTime::now_utc()),
+        });
+        let payload = bytes::Bytes::from(advisory.to_string());
+        match self.js.publish(POISON_ADVISORY_SUBJECT, payload).await {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!(error = %e, "poison advisory not stored");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "poison advisory not published"),
+        }
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "terminating a poison job failed; it will come back");
+        }
+    }
+}
