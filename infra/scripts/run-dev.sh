@@ -3,7 +3,9 @@
 #   1. NATS: use ZIRAAI_NATS_URL if it answers; otherwise start the pinned nats-server
 #      with nats/dev.conf on 127.0.0.1:4333 (not the system NATS on 4222) and a
 #      git-ignored store in .run/.
-#   2. One gateway (ziraai-gateway) and the demo producer (ziraai-worker demo).
+#   2. One gateway (ziraai-gateway), the worker consuming jobs (ziraai-worker run), a
+#      development analyzer with sample results (ziraai-worker dev-analyzer), and the
+#      demo job submitter (ziraai-worker demo).
 #   3. Prints where to watch; Ctrl-C stops everything it started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -68,6 +70,20 @@ target/debug/ziraai-gateway &
 pids+=($!)
 wait_for "gateway readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_GATEWAY_LISTEN/health/ready"
 
+export ZIRAAI_WORKER_LISTEN="${ZIRAAI_WORKER_LISTEN:-127.0.0.1:8081}"
+export ZIRAAI_DEV_ANALYZER_LISTEN="${ZIRAAI_DEV_ANALYZER_LISTEN:-127.0.0.1:8082}"
+export ZIRAAI_ANALYZER_URL="${ZIRAAI_ANALYZER_URL:-http://$ZIRAAI_DEV_ANALYZER_LISTEN/analyze}"
+for addr in "$ZIRAAI_WORKER_LISTEN" "$ZIRAAI_DEV_ANALYZER_LISTEN"; do
+  if answers "$addr"; then
+    echo "something already listens on $addr; stop it or set ZIRAAI_WORKER_LISTEN / ZIRAAI_DEV_ANALYZER_LISTEN" >&2
+    exit 1
+  fi
+done
+target/debug/ziraai-worker dev-analyzer &
+pids+=($!)
+target/debug/ziraai-worker run &
+pids+=($!)
+wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
 target/debug/ziraai-worker demo &
 pids+=($!)
 
@@ -76,8 +92,11 @@ cat <<MSG
   ZiraAI Realtime is running (development).
     Browser:   http://$ZIRAAI_GATEWAY_LISTEN/demo    (notifications for $ZIRAAI_DEMO_USER arrive every few seconds)
     Terminal:  target/debug/ziraai-gateway watch --url ws://$ZIRAAI_GATEWAY_LISTEN/ws --user $ZIRAAI_DEMO_USER
-    Publish:   ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL target/debug/ziraai-worker publish --user $ZIRAAI_DEMO_USER --analysis 42 --result '{"disease":"rust"}'
-    Health:    curl http://$ZIRAAI_GATEWAY_LISTEN/health
+    Submit:    ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL target/debug/ziraai-worker submit --user $ZIRAAI_DEMO_USER --analysis 42
+    Publish:   ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL target/debug/ziraai-worker publish --user $ZIRAAI_DEMO_USER --analysis 43 --result '{"disease":"rust"}'
+    Health:    curl http://$ZIRAAI_GATEWAY_LISTEN/health    curl http://$ZIRAAI_WORKER_LISTEN/health
+  Pipeline:  demo submits a job to JOBS → worker calls the development analyzer (sample
+             results only) → publishes to NOTIFY → gateway pushes to the socket.
   Ctrl-C stops everything.
 
 MSG

@@ -12,3 +12,4 @@ mod signalr;
 mod signalr_raw;
 mod signalr_stateful;
 mod soak;
+mod worker;

@@ -6,6 +6,7 @@ mod client;
 mod nats_server;
 mod proxy;
 mod signalr;
+mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +26,7 @@ pub use client::{Refused, WsClient};
 pub use nats_server::{NatsServer, PINNED_VERSION};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
+pub use worker::{Behaviour, TestAnalyzer, TestWorker, job_events, submit_job, worker_config};
 
 /// Default bound of one awaited step in a test.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -34,6 +36,14 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(STEP, fut).await {
         Ok(v) => v,
         Err(_) => panic!("timed out after {STEP:?} waiting for {what}"),
+    }
+}
+
+/// Awaits `fut` for at most `limit`, failing the test with `what` on time-out.
+pub async fn within_for<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
     }
 }
 

@@ -176,6 +176,9 @@ pub struct WorkerConfig {
     /// How long the breaker stays open before one trial call.
     pub breaker_cooldown: Duration,
     pub shutdown_grace: Duration,
+    /// Overrides the consumer's `ack_wait` from `nats/consumers/` (redelivery after a
+    /// crash; progress acks run at a third of it).
+    pub ack_wait: Option<Duration>,
     /// `ziraai-worker dev-analyzer` listen address (development only).
     pub dev_analyzer_listen: SocketAddr,
 }

@@ -179,18 +179,22 @@ pub async fn apply_stream(
         .map_err(|source| NatsSetupError::Stream { name, source })
 }
 
-/// Applies the job queue (`JOBS` and its consumer) and `ADVISORIES`; returns the
-/// worker's consumer.
+/// Applies the job queue (`JOBS` and its consumer, with `ack_wait` overridden if given)
+/// and `ADVISORIES`; returns the worker's consumer.
 pub async fn apply_job_streams(
     js: &jetstream::Context,
+    ack_wait: Option<Duration>,
 ) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, NatsSetupError> {
     apply_stream(js, definition("ADVISORIES", ADVISORIES_STREAM_JSON)?).await?;
     apply_stream(js, definition(JOBS_STREAM, JOBS_STREAM_JSON)?).await?;
-    let config: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON)
+    let mut config: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON)
         .map_err(|source| NatsSetupError::BadDefinition {
             name: "JOBS-analysis-worker",
             source,
         })?;
+    if let Some(wait) = ack_wait {
+        config.ack_wait = wait;
+    }
     let stream = js
         .get_stream(JOBS_STREAM)
         .await

@@ -53,7 +53,8 @@ impl WorkerApp {
         let client = nats::connect(&config.nats, "ziraai-worker").await?;
         let js = jetstream::new(client.clone());
         nats::apply_notify_streams(&js).await?;
-        let consumer = nats::apply_job_streams(&js).await?;
+        let consumer = nats::apply_job_streams(&js, config.worker.ack_wait).await?;
+        let ack_wait = consumer.cached_info().config.ack_wait;
         let listener = TcpListener::bind(config.worker.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.worker.listen))?;
@@ -64,6 +65,7 @@ impl WorkerApp {
                 .context("ZIRAAI_ANALYZER_URL")?,
             breaker: Arc::new(Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown)),
             counters: Arc::new(Counters::default()),
+            progress_every: (ack_wait / 3).max(std::time::Duration::from_millis(100)),
             js,
             cfg,
         });

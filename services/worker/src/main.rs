@@ -138,7 +138,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     } = &command
     {
         let user = UserId::parse(user).map_err(|e| anyhow::anyhow!("--user {user:?} {e}"))?;
-        nats::apply_job_streams(&js).await?;
+        nats::apply_job_streams(&js, config.worker.ack_wait).await?;
         let job = serde_json::json!({
             "jobId": job.clone().unwrap_or_else(|| nuid::next().to_string()),
             "analysisId": AnalysisId::from_arg(analysis),
@@ -178,7 +178,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 shutdown::signal().await;
                 signal.cancel();
             });
-            nats::apply_job_streams(&js).await?;
+            nats::apply_job_streams(&js, config.worker.ack_wait).await?;
             drop(publisher);
             ziraai_worker::demo::run(js, user, config.worker.demo_interval, stop).await;
         }

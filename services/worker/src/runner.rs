@@ -27,9 +27,6 @@ use crate::analyzer::{Analyzer, Outcome};
 use crate::breaker::Breaker;
 use crate::job::Job;
 
-/// Progress acks keep a long analysis from being redelivered: sent at this fraction
-/// of the consumer's ack wait.
-const PROGRESS_EVERY: Duration = Duration::from_secs(20);
 /// How long one pull waits for jobs.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Pause after a failed pull (broker unreachable).
@@ -54,6 +51,9 @@ pub(crate) struct Runner {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) cfg: WorkerConfig,
     pub(crate) counters: Arc<Counters>,
+    /// Progress acks keep a long analysis from being redelivered: a third of the
+    /// consumer's ack wait.
+    pub(crate) progress_every: Duration,
 }
 
 impl Runner {
@@ -157,8 +157,8 @@ impl Runner {
         }
         let analysis = self.analyzer.analyze(&job.body);
         tokio::pin!(analysis);
-        let mut progress =
-            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        let every = self.progress_every;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let outcome = loop {
             tokio::select! {
                 o = &mut analysis => break o,

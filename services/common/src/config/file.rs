@@ -64,6 +64,7 @@ pub(super) struct WorkerFile {
     pub(super) breaker_cooldown: Option<String>,
     pub(super) shutdown_grace: Option<String>,
     pub(super) dev_analyzer_listen: Option<String>,
+    pub(super) ack_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,7 @@ const KNOWN_VARS: &[&str] = &[
     "ZIRAAI_BREAKER_COOLDOWN",
     "ZIRAAI_WORKER_SHUTDOWN_GRACE",
     "ZIRAAI_DEV_ANALYZER_LISTEN",
+    "ZIRAAI_WORKER_ACK_WAIT",
     "ZIRAAI_DEMO_USER",
     "ZIRAAI_DEMO_INTERVAL",
     "ZIRAAI_LOG_FORMAT",
@@ -400,6 +401,9 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             DEFAULT_WORKER_SHUTDOWN_GRACE,
             parse_duration,
         ),
+        ack_wait: l.pick("ZIRAAI_WORKER_ACK_WAIT", w.ack_wait, None, |s| {
+            parse_nonzero_duration(s).map(Some)
+        }),
         dev_analyzer_listen: l.pick(
             "ZIRAAI_DEV_ANALYZER_LISTEN",
             w.dev_analyzer_listen,

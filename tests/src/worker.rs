@@ -1,0 +1,249 @@
+//! Worker tests' parts: a real HTTP analyzer on a random loopback port whose behaviour
+//! the test controls, the worker in-process on its own runtime (so it can be killed),
+//! and readers of what ended up in the streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use ziraai_common::Config;
+use ziraai_worker::{WorkerApp, WorkerProbe};
+
+use crate::{NatsServer, within};
+
+/// How the test analyzer behaves.
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    /// Answer 503 to every `n`-th call (0: never).
+    pub fail_every: u64,
+    /// Answer 503 to everything while set.
+    pub down: AtomicBool,
+    /// Time each answer takes, milliseconds.
+    pub delay_ms: AtomicU64,
+}
+
+/// A real HTTP analyzer: 400 for jobs whose `analysisId` starts with `bad-`, 503 as the
+/// behaviour says, else 200 with a result naming the job.
+pub struct TestAnalyzer {
+    pub url: String,
+    pub calls: Arc<AtomicU64>,
+    pub behaviour: Arc<Behaviour>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn analyze(
+    State((calls, b)): State<(Arc<AtomicU64>, Arc<Behaviour>)>,
+    Json(job): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(b.delay_ms.load(Ordering::SeqCst))).await;
+    if b.down.load(Ordering::SeqCst) || (b.fail_every > 0 && n % b.fail_every == 0) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"message": "busy"})),
+        );
+    }
+    if job["analysisId"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("bad-"))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": "not a plant photo"})),
+        );
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"jobId": job["jobId"], "disease": "none", "confidence": 0.99})),
+    )
+}
+
+impl TestAnalyzer {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls = Arc::new(AtomicU64::new(0));
+        let behaviour = Arc::new(behaviour);
+        let app = axum::Router::new()
+            .route("/analyze", axum::routing::post(analyze))
+            .with_state((calls.clone(), behaviour.clone()));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            url: format!("http://{addr}/analyze"),
+            calls,
+            behaviour,
+            _stop: tx,
+        }
+    }
+}
+
+/// A worker configuration for tests: fast retries, quick breaker, short grace.
+pub fn worker_config(nats: &NatsServer, analyzer: &TestAnalyzer, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("ZIRAAI_CONFIG_DIR".into(), String::new()),
+        ("ZIRAAI_NATS_URL".into(), nats.url()),
+        ("ZIRAAI_WORKER_LISTEN".into(), "127.0.0.1:0".into()),
+        ("ZIRAAI_ANALYZER_URL".into(), analyzer.url.clone()),
+        ("ZIRAAI_ANALYZER_TIMEOUT".into(), "5s".into()),
+        ("ZIRAAI_WORKER_RETRY_BASE".into(), "50ms".into()),
+        ("ZIRAAI_WORKER_RETRY_MAX".into(), "400ms".into()),
+        ("ZIRAAI_WORKER_MAX_ATTEMPTS".into(), "20".into()),
+        ("ZIRAAI_BREAKER_THRESHOLD".into(), "50".into()),
+        ("ZIRAAI_BREAKER_COOLDOWN".into(), "500ms".into()),
+        ("ZIRAAI_WORKER_SHUTDOWN_GRACE".into(), "5s".into()),
+    ]);
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    Config::load(&vars).expect("test worker configuration is valid")
+}
+
+/// A worker on its own runtime.
+pub struct TestWorker {
+    pub health: SocketAddr,
+    pub probe: WorkerProbe,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<anyhow::Result<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestWorker {
+    pub async fn start(config: Config) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-worker")
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        runtime.spawn(async move {
+            let app = match WorkerApp::build(config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(
+                app.local_addr()
+                    .map(|a| (a, app.probe()))
+                    .map_err(anyhow::Error::from),
+            );
+            let r = app
+                .run_until_stopped(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            let _ = done_tx.send(r);
+        });
+        let (health, probe) = within("worker build", ready_rx)
+            .await
+            .expect("worker task alive")
+            .expect("worker builds");
+        Self {
+            health,
+            probe,
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Graceful stop; waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            within("worker stop", done)
+                .await
+                .expect("worker task")
+                .expect("clean stop");
+        }
+    }
+
+    /// Crash: every task dropped, nothing acknowledged or handed back.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// `/health` as JSON.
+    pub async fn health(&self) -> Value {
+        let (_, body) = crate::http_get(self.health, "/health").await;
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Submits a job to `jobs.analysis` (as the platform does).
+pub async fn submit_job(js: &async_nats::jetstream::Context, job: Value) {
+    within("submit job", ziraai_worker::demo::submit_job(js, &job))
+        .await
+        .expect("job stored");
+}
+
+/// Every event in `NOTIFY` by job: `job-<jobId>` → the kinds published for it.
+pub async fn job_events(nats: &NatsServer) -> HashMap<String, Vec<String>> {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = within("NOTIFY", js.get_stream_no_info("NOTIFY"))
+        .await
+        .expect("stream");
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut next = 1;
+    loop {
+        match within(
+            "read NOTIFY",
+            stream.direct_get_next_for_subject("notify.>", Some(next)),
+        )
+        .await
+        {
+            Ok(m) => {
+                next = m.sequence + 1;
+                let id = m
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                let kind = m
+                    .headers
+                    .get("Ziraai-Kind")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                out.entry(id).or_default().push(kind);
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return out,
+            Err(e) => panic!("reading NOTIFY: {e}"),
+        }
+    }
+}
