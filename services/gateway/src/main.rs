@@ -96,6 +96,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    if config.auth.dev_secret {
+        tracing::warn!(
+            "using the built-in development JWT secret; set ZIRAAI_JWT_SECRET for anything shared"
+        );
+    }
     let env = config.env;
     let app = App::build(config).await?;
     let addr = app.local_addr()?;

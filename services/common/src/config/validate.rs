@@ -449,10 +449,7 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             }
         }
         (None, Environment::Development) => {
-            warnings.push(
-                "using the built-in development JWT secret; set ZIRAAI_JWT_SECRET for anything shared"
-                    .into(),
-            );
+            // The gateway (the one service that verifies tokens) warns at start-up.
             AuthConfig {
                 jwt_secret: SecretString::from(DEV_JWT_SECRET),
                 dev_secret: true,

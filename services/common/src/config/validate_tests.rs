@@ -48,7 +48,7 @@ fn prod_errors(extra: &[(&str, &str)]) -> Vec<String> {
 }
 
 #[test]
-fn development_defaults_start_with_a_warning() {
+fn development_defaults_use_the_built_in_secret() {
     let c = Config::load(&vars(&[])).expect("development defaults are valid");
     assert_eq!(c.env, Environment::Development);
     assert!(c.auth.dev_secret);
