@@ -5,6 +5,7 @@
 //! so tests exercise every rule without `set_var`.
 
 mod file;
+mod loader;
 mod parse;
 mod validate;
 

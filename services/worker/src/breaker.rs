@@ -74,43 +74,37 @@ impl Breaker {
         self.lock().opened
     }
 
+    /// How long until a call may be made: `None` when closed or when the half-open
+    /// trial is free.
+    fn wait(i: &Inner) -> Option<Duration> {
+        let t = i.open_until?;
+        let now = Instant::now();
+        if now < t {
+            Some(t - now)
+        } else if i.trial_running {
+            Some(Duration::from_millis(100))
+        } else {
+            None
+        }
+    }
+
     /// When closed, always; when half-open, for one trial call at a time; when open,
     /// the time to wait.
     pub fn permit(&self) -> Result<(), Duration> {
         let mut i = self.lock();
-        match i.open_until {
-            None => Ok(()),
-            Some(t) => {
-                let now = Instant::now();
-                if now < t {
-                    Err(t - now)
-                } else if i.trial_running {
-                    Err(Duration::from_millis(100))
-                } else {
-                    i.trial_running = true;
-                    Ok(())
-                }
-            }
+        if let Some(wait) = Self::wait(&i) {
+            return Err(wait);
         }
+        if i.open_until.is_some() {
+            i.trial_running = true;
+        }
+        Ok(())
     }
 
     /// Whether the worker should pull more jobs now: not while open, nor while a
     /// half-open trial is running; the wait otherwise.
     pub fn permit_to_pull(&self) -> Result<(), Duration> {
-        let i = self.lock();
-        match i.open_until {
-            None => Ok(()),
-            Some(t) => {
-                let now = Instant::now();
-                if now < t {
-                    Err(t - now)
-                } else if i.trial_running {
-                    Err(Duration::from_millis(100))
-                } else {
-                    Ok(())
-                }
-            }
-        }
+        Self::wait(&self.lock()).map_or(Ok(()), Err)
     }
 
     /// A trial call that ended without a verdict (handed back at shutdown).
