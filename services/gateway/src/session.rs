@@ -246,3 +246,7 @@ where
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_write_acks_tests.rs"]
+mod write_acks_tests;

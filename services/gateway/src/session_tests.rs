@@ -20,12 +20,12 @@ use crate::tracking::TrackKind;
 
 /// The user's stored events, cursor writes and tracking records, in memory.
 #[derive(Default)]
-struct MemBackend {
+pub(super) struct MemBackend {
     /// (seq, last_seq, body) of each stored event.
-    stored: Mutex<Vec<(u64, u64, Vec<u8>)>>,
-    cursor: bool,
-    saved: Mutex<Vec<u64>>,
-    tracked: Mutex<Vec<(TrackKind, u64)>>,
+    pub(super) stored: Mutex<Vec<(u64, u64, Vec<u8>)>>,
+    pub(super) cursor: bool,
+    pub(super) saved: Mutex<Vec<u64>>,
+    pub(super) tracked: Mutex<Vec<(TrackKind, u64)>>,
 }
 
 impl Backend for Arc<MemBackend> {
@@ -52,7 +52,7 @@ fn body(seq: u64) -> Vec<u8> {
 }
 
 /// Stores events `seqs` (each one's last_seq is the previous) and returns them.
-fn store(backend: &MemBackend, seqs: &[u64]) -> Vec<Arc<Event>> {
+pub(super) fn store(backend: &MemBackend, seqs: &[u64]) -> Vec<Arc<Event>> {
     let mut stored = backend.stored.lock().expect("lock");
     let mut prev = stored.last().map_or(0, |e| e.0);
     let mut out = Vec::new();
@@ -65,7 +65,7 @@ fn store(backend: &MemBackend, seqs: &[u64]) -> Vec<Arc<Event>> {
 }
 
 #[derive(Debug)]
-struct TestErr {
+pub(super) struct TestErr {
     too_big: bool,
 }
 
@@ -82,9 +82,9 @@ impl SocketError for TestErr {
 }
 
 /// A socket whose peer is the test: `inbound` feeds it, `outbound` collects writes.
-struct TestSocket {
-    inbound: mpsc::UnboundedReceiver<Result<Message, TestErr>>,
-    outbound: mpsc::UnboundedSender<Message>,
+pub(super) struct TestSocket {
+    pub(super) inbound: mpsc::UnboundedReceiver<Result<Message, TestErr>>,
+    pub(super) outbound: mpsc::UnboundedSender<Message>,
 }
 
 impl Stream for TestSocket {
@@ -123,11 +123,11 @@ struct Peer {
     session: JoinHandle<Option<CloseReason>>,
 }
 
-const LIMITS: SessionLimits = SessionLimits {
+pub(super) const LIMITS: SessionLimits = SessionLimits {
     write_timeout: Duration::from_secs(5),
     cursor_flush: Duration::from_secs(1),
 };
-const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const PING_INTERVAL: Duration = Duration::from_secs(30);
 
 fn start(protocol: Protocol) -> Peer {
     start_with(protocol, Arc::new(MemBackend::default()), 0)
