@@ -3,6 +3,7 @@
 //! clients, and helpers that wait for conditions with deadlines instead of sleeping.
 
 mod client;
+mod isolated;
 mod nats_server;
 mod proxy;
 mod signalr;
@@ -13,9 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use ziraai_common::Config;
 use ziraai_gateway::{App, Probe};
 use ziraai_proto::UserId;
@@ -86,9 +85,7 @@ pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> Config {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub probe: Probe,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<oneshot::Receiver<anyhow::Result<()>>>,
-    runtime: Option<tokio::runtime::Runtime>,
+    service: isolated::Isolated,
 }
 
 impl TestGateway {
@@ -99,42 +96,30 @@ impl TestGateway {
 
     /// Starts a gateway with `config`.
     pub async fn start_with(config: Config) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("test-gateway")
-            .enable_all()
-            .build()
-            .expect("gateway runtime");
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (done_tx, done_rx) = oneshot::channel();
-        runtime.spawn(async move {
-            let app = match App::build(config).await {
-                Ok(app) => app,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let bound = app.local_addr().map(|a| (a, app.probe()));
-            let _ = ready_tx.send(bound.map_err(anyhow::Error::from));
-            let result = app
-                .run_until_stopped(async {
-                    let _ = stop_rx.await;
+        let (service, (addr, probe)) =
+            isolated::Isolated::spawn("test-gateway", |ready, stop| async move {
+                let app = match App::build(config).await {
+                    Ok(app) => app,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = ready.send(
+                    app.local_addr()
+                        .map(|a| (a, app.probe()))
+                        .map_err(anyhow::Error::from),
+                );
+                app.run_until_stopped(async {
+                    let _ = stop.await;
                 })
-                .await;
-            let _ = done_tx.send(result);
-        });
-        let (addr, probe) = within("gateway build", ready_rx)
-            .await
-            .expect("gateway task alive")
-            .expect("gateway builds");
+                .await
+            })
+            .await;
         Self {
             addr,
             probe,
-            stop: Some(stop_tx),
-            done: Some(done_rx),
-            runtime: Some(runtime),
+            service,
         }
     }
 
@@ -150,20 +135,12 @@ impl TestGateway {
 
     /// Triggers graceful shutdown and waits for it to finish.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let done = self.done.take().context("already stopped")?;
-        within("gateway shutdown", done)
-            .await
-            .context("gateway task died")?
+        self.service.shutdown().await
     }
 
     /// Kills the gateway: no close frames, no cursor flush, no drain.
     pub fn kill(mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.service.kill();
     }
 
     /// `GET path` on this gateway: status and body.
@@ -175,17 +152,6 @@ impl TestGateway {
     pub async fn health(&self) -> serde_json::Value {
         let (_, body) = self.get("/health").await;
         serde_json::from_str(&body).expect("health is JSON")
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

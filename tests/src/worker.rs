@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use ziraai_common::Config;
 use ziraai_worker::{WorkerApp, WorkerProbe};
 
+use crate::isolated::Isolated;
 use crate::{NatsServer, within};
 
 /// How the test analyzer behaves.
@@ -119,90 +120,51 @@ pub fn worker_config(nats: &NatsServer, analyzer: &TestAnalyzer, extra: &[(&str,
 pub struct TestWorker {
     pub health: SocketAddr,
     pub probe: WorkerProbe,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<oneshot::Receiver<anyhow::Result<()>>>,
-    runtime: Option<tokio::runtime::Runtime>,
+    service: Isolated,
 }
 
 impl TestWorker {
     pub async fn start(config: Config) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("test-worker")
-            .enable_all()
-            .build()
-            .expect("worker runtime");
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (done_tx, done_rx) = oneshot::channel();
-        runtime.spawn(async move {
+        let (service, (health, probe)) = Isolated::spawn("test-worker", |ready, stop| async move {
             let app = match WorkerApp::build(config).await {
                 Ok(app) => app,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
+                    let _ = ready.send(Err(e));
+                    return Ok(());
                 }
             };
-            let _ = ready_tx.send(
+            let _ = ready.send(
                 app.local_addr()
                     .map(|a| (a, app.probe()))
                     .map_err(anyhow::Error::from),
             );
-            let r = app
-                .run_until_stopped(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            let _ = done_tx.send(r);
-        });
-        let (health, probe) = within("worker build", ready_rx)
+            app.run_until_stopped(async {
+                let _ = stop.await;
+            })
             .await
-            .expect("worker task alive")
-            .expect("worker builds");
+        })
+        .await;
         Self {
             health,
             probe,
-            stop: Some(stop_tx),
-            done: Some(done_rx),
-            runtime: Some(runtime),
+            service,
         }
     }
 
     /// Graceful stop; waits for it.
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            within("worker stop", done)
-                .await
-                .expect("worker task")
-                .expect("clean stop");
-        }
+        self.service.shutdown().await.expect("clean stop");
     }
 
     /// Crash: every task dropped, nothing acknowledged or handed back.
     pub fn kill(mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.service.kill();
     }
 
     /// `/health` as JSON.
     pub async fn health(&self) -> Value {
         let (_, body) = crate::http_get(self.health, "/health").await;
         serde_json::from_str(&body).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for TestWorker {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
