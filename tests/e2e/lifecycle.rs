@@ -138,3 +138,28 @@ async fn graceful_shutdown_closes_sockets_with_1012_and_turns_unready() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_served_to_allowed_addresses_only() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start(&nats).await;
+    let u = user("metrics");
+    let _c = WsClient::open(&gw.ws_url(), &u).await;
+    let (status, text) = gw.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "ziraai_gateway_connections 1",
+        "ziraai_gateway_users 1",
+        "ziraai_gateway_nats_connected 1",
+        "# TYPE ziraai_gateway_frames_queued_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    let elsewhere = TestGateway::start_with(gateway_config(
+        &nats,
+        &[("ZIRAAI_METRICS_ALLOW", "10.0.0.0/8")],
+    ))
+    .await;
+    let (status, body) = elsewhere.get("/metrics").await;
+    assert_eq!(status, 403, "{body}");
+}

@@ -200,6 +200,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub worker: WorkerConfig,
     pub log_format: LogFormat,
+    /// Addresses allowed to read `/metrics` (gateway and worker).
+    pub metrics_allow: Vec<crate::metrics::IpRange>,
     /// Things worth a line at start-up that do not stop it (unknown variables, dev secret).
     pub warnings: Vec<String>,
 }

@@ -2,6 +2,7 @@
 //! connection and stream definitions, telemetry set-up and shutdown signals.
 
 pub mod config;
+pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;

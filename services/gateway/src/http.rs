@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use ziraai_common::metrics::{Exposition, IpRange};
 use ziraai_common::nats::NOTIFY_STREAM;
 
 use crate::AppState;
@@ -31,7 +32,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(|| async { (StatusCode::OK, axum::Json(json!({"status": "live"}))) }),
         )
         .route("/health/ready", get(ready))
-        .route("/health", get(health));
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
     r = r.merge(crate::signalr::routes());
     if state.demo.is_some() {
         r = r.route("/demo", get(crate::demo::page));
@@ -161,4 +163,78 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
+async fn metrics(
+    State(app): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+) -> Result<Response, ApiError> {
+    if !IpRange::any_contains(&app.metrics_allow, peer.ip()) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "metrics are not served to this address",
+        ));
+    }
+    let st = &app.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let connected = app.client.connection_state() == async_nats::connection::State::Connected;
+    let text = Exposition::default()
+        .metric(
+            "ziraai_gateway_connections",
+            "gauge",
+            "Open sockets (native and SignalR).",
+            app.connections.load(Ordering::Relaxed),
+        )
+        .metric(
+            "ziraai_gateway_users",
+            "gauge",
+            "Users with a live subscription on this gateway.",
+            app.hub.users(),
+        )
+        .metric(
+            "ziraai_gateway_nats_connected",
+            "gauge",
+            "1 while connected to NATS.",
+            u8::from(connected),
+        )
+        .metric(
+            "ziraai_gateway_frames_queued_total",
+            "counter",
+            "Live events queued to sockets.",
+            get(&st.delivered),
+        )
+        .metric(
+            "ziraai_gateway_events_replayed_total",
+            "counter",
+            "Events read back from the stream (replay, gap fill).",
+            get(&st.replayed),
+        )
+        .metric(
+            "ziraai_gateway_gaps_detected_total",
+            "counter",
+            "Gaps detected through Nats-Last-Sequence.",
+            get(&st.gaps),
+        )
+        .metric(
+            "ziraai_gateway_malformed_events_total",
+            "counter",
+            "Live events skipped as malformed.",
+            get(&st.malformed),
+        )
+        .metric(
+            "ziraai_gateway_slow_consumers_total",
+            "counter",
+            "Sockets closed for not keeping up.",
+            get(&st.slow_consumers),
+        )
+        .metric(
+            "ziraai_gateway_tracking_dropped_total",
+            "counter",
+            "Delivery-tracking records dropped (queue full).",
+            get(&st.tracking_dropped),
+        )
+        .finish();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

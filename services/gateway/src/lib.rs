@@ -64,6 +64,8 @@ pub(crate) struct AppState {
     pub(crate) tracker: TaskTracker,
     pub(crate) connections: AtomicUsize,
     pub(crate) gateway_id: String,
+    /// Who may read `/metrics`.
+    pub(crate) metrics_allow: Vec<ziraai_common::metrics::IpRange>,
     /// Present in development with the demo page on: the secret to mint demo tokens.
     pub(crate) demo: Option<demo::Demo>,
 }
@@ -111,6 +113,7 @@ impl App {
             env: config.env,
             auth: Authenticator::new(&config.auth.jwt_secret),
             auth_secret: config.auth.jwt_secret.clone(),
+            metrics_allow: config.metrics_allow.clone(),
             hub: Hub::new(client.clone(), &gateway_id, tracker.clone(), stats.clone()),
             cfg: config.gateway,
             client,

@@ -27,6 +27,7 @@ use crate::runner::{Counters, Runner};
 /// A bound, connected worker, not yet running.
 pub struct WorkerApp {
     listener: TcpListener,
+    metrics_allow: Arc<Vec<ziraai_common::metrics::IpRange>>,
     runner: Arc<Runner>,
     consumer: consumer::Consumer<consumer::pull::Config>,
     client: async_nats::Client,
@@ -41,6 +42,7 @@ pub struct WorkerProbe {
 
 #[derive(Clone)]
 struct HealthState {
+    metrics_allow: Arc<Vec<ziraai_common::metrics::IpRange>>,
     client: async_nats::Client,
     consumer: consumer::Consumer<consumer::pull::Config>,
     probe: WorkerProbe,
@@ -58,6 +60,7 @@ impl WorkerApp {
         let listener = TcpListener::bind(config.worker.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.worker.listen))?;
+        let metrics_allow = Arc::new(config.metrics_allow.clone());
         let cfg = config.worker;
         let runner = Arc::new(Runner {
             publisher: Publisher::new(js.clone()),
@@ -71,6 +74,7 @@ impl WorkerApp {
         });
         Ok(Self {
             listener,
+            metrics_allow,
             runner,
             consumer,
             client,
@@ -97,6 +101,7 @@ impl WorkerApp {
         let stop = CancellationToken::new();
         let hand_back = CancellationToken::new();
         let health = HealthState {
+            metrics_allow: self.metrics_allow.clone(),
             client: self.client.clone(),
             consumer: self.consumer.clone(),
             probe: self.probe(),
@@ -109,12 +114,16 @@ impl WorkerApp {
             )
             .route("/health/ready", get(ready))
             .route("/health", get(details))
+            .route("/metrics", get(metrics))
             .with_state(health);
         let http_stop = stop.clone();
         let http = tokio::spawn(
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .into_future(),
+            axum::serve(
+                self.listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .into_future(),
         );
         let signal = stop.clone();
         tokio::spawn(async move {
@@ -208,4 +217,81 @@ async fn details(State(h): State<HealthState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
+async fn metrics(
+    State(h): State<HealthState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+) -> Response {
+    if !ziraai_common::metrics::IpRange::any_contains(&h.metrics_allow, peer.ip()) {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(
+                json!({"error": "forbidden", "message": "metrics are not served to this address"}),
+            ),
+        )
+            .into_response();
+    }
+    let c = &h.probe.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let open = u8::from(h.probe.breaker.state() != BreakerState::Closed);
+    let text = ziraai_common::metrics::Exposition::default()
+        .metric(
+            "ziraai_worker_jobs_in_flight",
+            "gauge",
+            "Jobs being processed.",
+            c.in_flight.load(Ordering::Relaxed),
+        )
+        .metric(
+            "ziraai_worker_jobs_completed_total",
+            "counter",
+            "Jobs that ended with analysis.completed.",
+            get(&c.completed),
+        )
+        .metric(
+            "ziraai_worker_jobs_failed_total",
+            "counter",
+            "Jobs that ended with analysis.failed.",
+            get(&c.failed),
+        )
+        .metric(
+            "ziraai_worker_jobs_retried_total",
+            "counter",
+            "Jobs handed back after a transient analyzer failure.",
+            get(&c.retried),
+        )
+        .metric(
+            "ziraai_worker_jobs_poison_total",
+            "counter",
+            "Poison jobs terminated.",
+            get(&c.poison),
+        )
+        .metric(
+            "ziraai_worker_jobs_handed_back_total",
+            "counter",
+            "In-flight jobs handed back at shutdown.",
+            get(&c.handed_back),
+        )
+        .metric(
+            "ziraai_worker_breaker_open",
+            "gauge",
+            "1 while the analyzer circuit breaker is open or half-open.",
+            open,
+        )
+        .metric(
+            "ziraai_worker_breaker_opened_total",
+            "counter",
+            "Times the circuit breaker opened.",
+            h.probe.breaker.times_opened(),
+        )
+        .finish();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }

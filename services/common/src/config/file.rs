@@ -17,6 +17,7 @@ pub(super) struct FileConfig {
     pub(super) worker: WorkerFile,
     #[serde(default)]
     pub(super) log: LogFile,
+    pub(super) metrics_allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -54,6 +54,7 @@ const KNOWN_VARS: &[&str] = &[
     "ZIRAAI_DEMO_USER",
     "ZIRAAI_DEMO_INTERVAL",
     "ZIRAAI_LOG_FORMAT",
+    "ZIRAAI_METRICS_ALLOW",
 ];
 
 fn read_file_layer(env: Environment, vars: &HashMap<String, String>) -> Result<FileConfig, String> {
@@ -324,6 +325,17 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
         ),
     };
 
+    let metrics_allow = l.pick(
+        "ZIRAAI_METRICS_ALLOW",
+        file.metrics_allow.map(|v| v.join(",")),
+        crate::metrics::IpRange::loopback(),
+        |s| {
+            split_list(s)
+                .iter()
+                .map(|r| crate::metrics::IpRange::parse(r))
+                .collect()
+        },
+    );
     let log_format = l.pick(
         "ZIRAAI_LOG_FORMAT",
         file.log.format,
@@ -419,6 +431,7 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
         auth,
         worker,
         log_format,
+        metrics_allow,
         warnings,
     })
 }
