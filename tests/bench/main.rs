@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         .env("ZIRAAI_NATS_URL", nats.url())
         .env("ZIRAAI_GATEWAY_LISTEN", &listen)
         .env("ZIRAAI_LOG_FORMAT", "json")
+        .env("ZIRAAI_GATEWAY_HANDSHAKE_BURST", "1000000")
         .env("RUST_LOG", "warn")
         .env(
             "ZIRAAI_DELIVERY_TRACKING",

@@ -166,3 +166,64 @@ async fn raw_upgrade_status(addr: std::net::SocketAddr, url: &str, origin: &str)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn handshakes_are_rate_limited_per_address_and_nothing_else_is() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[
+            ("ZIRAAI_GATEWAY_HANDSHAKE_BURST", "3"),
+            ("ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL", "1h"),
+        ],
+    ))
+    .await;
+    let u = user("eager");
+    let t = token(&u);
+    // Refused handshakes count too: a token-guessing loop is what this stops.
+    let refused = WsClient::connect(&gw.ws_url(), Some("garbage"), None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 401);
+    let _a = WsClient::open(&gw.ws_url(), &u).await;
+    let (status, _) = http_request(
+        gw.addr,
+        "POST",
+        "/hubs/plantanalysis/negotiate?negotiateVersion=1",
+        Some(&t),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let limited = WsClient::connect(&gw.ws_url(), Some(&t), None)
+        .await
+        .err()
+        .expect("limited");
+    assert_eq!(
+        (limited.status, limited.body["error"].as_str()),
+        (429, Some("too_many_handshakes"))
+    );
+    let (status, _) = http_request(
+        gw.addr,
+        "POST",
+        "/hubs/plantanalysis/negotiate?negotiateVersion=1",
+        Some(&t),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429, "negotiate shares the limit");
+    let raw = raw_http(
+        gw.addr,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(raw.to_ascii_lowercase().contains("retry-after:"), "{raw}");
+    assert_eq!(
+        gw.get("/health/ready").await.0,
+        200,
+        "health is not limited"
+    );
+    let (status, _) = http_request(gw.addr, "GET", "/api/v1/notifications", Some(&t), None).await;
+    assert_eq!(status, 200, "polling is not limited");
+}

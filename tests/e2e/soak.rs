@@ -140,6 +140,10 @@ async fn soak_gateway_crashes_and_reconnects_lose_nothing() {
             ("ZIRAAI_NATS_URL".to_owned(), chaos_nats_url.clone()),
             ("ZIRAAI_GATEWAY_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("ZIRAAI_GATEWAY_SHUTDOWN_GRACE".to_owned(), "2s".to_owned()),
+            (
+                "ZIRAAI_GATEWAY_HANDSHAKE_BURST".to_owned(),
+                "100000".to_owned(),
+            ),
         ]);
         vars.shrink_to_fit();
         ziraai_common::Config::load(&vars).expect("valid")

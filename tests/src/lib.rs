@@ -73,6 +73,8 @@ pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> Config {
         ("ZIRAAI_NATS_URL".into(), nats.url()),
         ("ZIRAAI_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
         ("ZIRAAI_GATEWAY_SHUTDOWN_GRACE".into(), "5s".into()),
+        // Every test client comes from 127.0.0.1; the limit has its own test.
+        ("ZIRAAI_GATEWAY_HANDSHAKE_BURST".into(), "100000".into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());

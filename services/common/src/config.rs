@@ -49,6 +49,9 @@ pub const DEFAULT_SIGNALR_KEEPALIVE: Duration = Duration::from_secs(15);
 pub const DEFAULT_SIGNALR_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SignalR: largest client message, bytes (.NET `MaximumReceiveMessageSize`).
 pub const DEFAULT_SIGNALR_MAX_MESSAGE: usize = 32 * 1024;
+/// Handshake rate limit per client IP: a burst, then one every interval.
+pub const DEFAULT_HANDSHAKE_BURST: u32 = 40;
+pub const DEFAULT_HANDSHAKE_INTERVAL: Duration = Duration::from_millis(100);
 /// Worker defaults.
 pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_DEV_ANALYZER_LISTEN: &str = "127.0.0.1:8082";
@@ -139,6 +142,10 @@ pub struct GatewayConfig {
     pub cursor_flush_interval: Duration,
     /// Record deliveries and acknowledgements in the `DELIVERY` stream.
     pub delivery_tracking: bool,
+    /// Handshakes (WebSocket upgrades and negotiates) one client IP may burst.
+    pub handshake_burst: u32,
+    /// One handshake allowance comes back every this long (per client IP).
+    pub handshake_interval: Duration,
     /// SignalR hub keep-alive interval.
     pub signalr_keepalive: Duration,
     /// SignalR client timeout.

@@ -19,8 +19,41 @@ use crate::AppState;
 use crate::auth::{AuthError, Identity, token_from};
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let mut r = Router::new()
+    // Handshakes are what a misbehaving client repeats: rate-limited per client IP
+    // (a burst, then one every interval), answered with 429 and Retry-After.
+    let limit = tower_governor::governor::GovernorConfigBuilder::default()
+        .period(state.cfg.handshake_interval)
+        .burst_size(state.cfg.handshake_burst)
+        .finish()
+        // Configuration refuses a zero burst or interval, the only cases without a config.
+        .unwrap_or_default();
+    let limiter = limit.limiter().clone();
+    let stop = state.shutdown.clone();
+    state.tracker.spawn(async move {
+        // Forget addresses whose allowance is full again, so the map stays small.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => limiter.retain_recent(),
+            }
+        }
+    });
+    let limit = tower_governor::GovernorLayer::new(Arc::new(limit)).error_handler(|e| match e {
+        tower_governor::GovernorError::TooManyRequests { wait_time, .. } => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_handshakes",
+            format!("too many connection attempts from this address; retry in {wait_time} s"),
+        )
+        .retry_after(wait_time.max(1))
+        .into_response(),
+        other => refuse(StatusCode::INTERNAL_SERVER_ERROR, "rate_limit", other).into_response(),
+    });
+    let handshakes = Router::new()
         .route("/ws", get(crate::ws::upgrade))
+        .merge(crate::signalr::routes())
+        .layer(limit);
+    let mut r = Router::new()
         .route("/api/v1/notifications", get(crate::api::poll))
         .route(
             "/api/v1/notifications/ack",
@@ -34,7 +67,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(ready))
         .route("/health", get(health))
         .route("/metrics", get(metrics));
-    r = r.merge(crate::signalr::routes());
+    r = r.merge(handshakes);
     if state.demo.is_some() {
         r = r.route("/demo", get(crate::demo::page));
     }
@@ -48,12 +81,12 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: String,
     message: String,
-    retry_after: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// Adds a `Retry-After` header (seconds).
-    pub(crate) fn retry_after(mut self, secs: &'static str) -> Self {
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }
@@ -68,7 +101,7 @@ impl IntoResponse for ApiError {
             .into_response();
         if let Some(secs) = self.retry_after {
             r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(secs));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         r
     }

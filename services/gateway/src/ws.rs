@@ -32,7 +32,7 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// Hard cap of tungstenite's write buffer: one batch of frames at most.
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// `Retry-After` of a refusal while realtime is switched off, seconds.
-const REALTIME_OFF_RETRY_AFTER: &str = "30";
+const REALTIME_OFF_RETRY_AFTER: u64 = 30;
 
 /// Where a socket starts, and what its welcome frame says about it.
 pub(crate) struct ResumePoint {

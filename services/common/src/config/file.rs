@@ -44,6 +44,8 @@ pub(super) struct GatewayFile {
     pub(super) realtime_enabled: Option<bool>,
     pub(super) cursor_flush_interval: Option<String>,
     pub(super) delivery_tracking: Option<bool>,
+    pub(super) handshake_burst: Option<u32>,
+    pub(super) handshake_interval: Option<String>,
     pub(super) signalr_keepalive: Option<String>,
     pub(super) signalr_client_timeout: Option<String>,
     pub(super) signalr_max_message: Option<usize>,

@@ -36,6 +36,8 @@ const KNOWN_VARS: &[&str] = &[
     "ZIRAAI_REALTIME_ENABLED",
     "ZIRAAI_GATEWAY_CURSOR_FLUSH_INTERVAL",
     "ZIRAAI_DELIVERY_TRACKING",
+    "ZIRAAI_GATEWAY_HANDSHAKE_BURST",
+    "ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL",
     "ZIRAAI_SIGNALR_KEEPALIVE",
     "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
     "ZIRAAI_SIGNALR_MAX_MESSAGE",
@@ -209,6 +211,18 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             g.delivery_tracking.map(|b| b.to_string()),
             true,
             parse_bool,
+        ),
+        handshake_burst: l.pick(
+            "ZIRAAI_GATEWAY_HANDSHAKE_BURST",
+            g.handshake_burst.map(|n| n.to_string()),
+            DEFAULT_HANDSHAKE_BURST,
+            |s| parse_positive(s).map(|n| n.min(u32::MAX as usize) as u32),
+        ),
+        handshake_interval: l.pick(
+            "ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL",
+            g.handshake_interval,
+            DEFAULT_HANDSHAKE_INTERVAL,
+            parse_nonzero_duration,
         ),
         signalr_keepalive: l.pick(
             "ZIRAAI_SIGNALR_KEEPALIVE",
