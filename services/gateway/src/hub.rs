@@ -215,8 +215,9 @@ async fn run_channel(
     let subscribed = tokio::select! {
         _ = channel.stop.cancelled() => return,
         r = async {
-            let sub = client.subscribe(subject.clone()).await?;
-            barrier(&client, &barrier_subject).await?;
+            // Boxed: set-up futures are large and run once; the task keeps only the loop.
+            let sub = Box::pin(client.subscribe(subject.clone())).await?;
+            Box::pin(barrier(&client, &barrier_subject)).await?;
             Ok::<_, async_nats::Error>(sub)
         } => r,
     };
@@ -240,7 +241,7 @@ async fn run_channel(
             },
         }
     }
-    if let Err(e) = sub.unsubscribe().await {
+    if let Err(e) = Box::pin(sub.unsubscribe()).await {
         tracing::debug!(%subject, error = %e, "unsubscribe failed (connection gone)");
     }
     tracing::debug!(%subject, "unsubscribed");

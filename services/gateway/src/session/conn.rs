@@ -188,7 +188,9 @@ where
         let started = Instant::now();
         let mut delay = READ_RETRY;
         loop {
-            match self.s.backend.next_after(self.last_seen).await {
+            // Boxed: the read's future is large and rare; inline, every idle socket's
+            // task would carry its size.
+            match Box::pin(self.s.backend.next_after(self.last_seen)).await {
                 Ok(next) => return Ok(next),
                 Err(e) if started.elapsed() >= READ_PATIENCE => {
                     tracing::warn!(error = %e, after = self.last_seen, "cannot read the stream for this socket; closing it");
@@ -258,7 +260,7 @@ where
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
             Some(Ok(m)) => m,
         };
-        for action in self.d.inbound(&msg).await {
+        for action in Box::pin(self.d.inbound(&msg)).await {
             match action {
                 Inbound::Reply(m) => self.write(m).await?,
                 Inbound::Ack(seq) => self.ack(seq).await,
@@ -313,7 +315,7 @@ where
         if self.cursor_dirty {
             self.cursor_dirty = false;
             self.last_cursor_save = Some(Instant::now());
-            self.s.backend.save_cursor(self.ctl.acked()).await;
+            Box::pin(self.s.backend.save_cursor(self.ctl.acked())).await;
         }
     }
 
