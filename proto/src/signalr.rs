@@ -174,6 +174,18 @@ fn from_msgpack_array(items: &[Value]) -> Result<ClientMessage, HubMessageError>
     }
 }
 
+/// Splits and parses the hub messages of one frame in `protocol`.
+pub fn parse_messages(
+    protocol: HubProtocol,
+    bytes: &[u8],
+    max: usize,
+) -> Result<Vec<ClientMessage>, HubMessageError> {
+    match protocol {
+        HubProtocol::Json => parse_json_messages(bytes, max),
+        HubProtocol::MessagePack => parse_msgpack_messages(bytes, max),
+    }
+}
+
 /// Splits and parses the JSON hub messages of one text frame.
 pub fn parse_json_messages(
     bytes: &[u8],

@@ -180,6 +180,15 @@ async fn handshakes_are_rate_limited_per_address_and_nothing_else_is() {
     .await;
     let u = user("eager");
     let t = token(&u);
+    let negotiate = || {
+        http_request(
+            gw.addr,
+            "POST",
+            "/hubs/plantanalysis/negotiate?negotiateVersion=1",
+            Some(&t),
+            None,
+        )
+    };
     // Refused handshakes count too: a token-guessing loop is what this stops.
     let refused = WsClient::connect(&gw.ws_url(), Some("garbage"), None)
         .await
@@ -187,14 +196,7 @@ async fn handshakes_are_rate_limited_per_address_and_nothing_else_is() {
         .expect("refused");
     assert_eq!(refused.status, 401);
     let _a = WsClient::open(&gw.ws_url(), &u).await;
-    let (status, _) = http_request(
-        gw.addr,
-        "POST",
-        "/hubs/plantanalysis/negotiate?negotiateVersion=1",
-        Some(&t),
-        None,
-    )
-    .await;
+    let (status, _) = negotiate().await;
     assert_eq!(status, 200);
     let limited = WsClient::connect(&gw.ws_url(), Some(&t), None)
         .await
@@ -204,14 +206,7 @@ async fn handshakes_are_rate_limited_per_address_and_nothing_else_is() {
         (limited.status, limited.body["error"].as_str()),
         (429, Some("too_many_handshakes"))
     );
-    let (status, _) = http_request(
-        gw.addr,
-        "POST",
-        "/hubs/plantanalysis/negotiate?negotiateVersion=1",
-        Some(&t),
-        None,
-    )
-    .await;
+    let (status, _) = negotiate().await;
     assert_eq!(status, 429, "negotiate shares the limit");
     let raw = raw_http(
         gw.addr,

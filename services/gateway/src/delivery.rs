@@ -133,36 +133,42 @@ impl Event {
     /// The event encoded for `encoding` (encoded on first use, then shared by every
     /// socket of the user on this gateway); `None` for a malformed event.
     pub fn encoded(&self, encoding: Encoding) -> Option<Message> {
-        let Some(ServerFrame::Event(e)) = self.frame.as_ref() else {
-            return None;
-        };
+        let frame = self.frame.as_ref()?;
         let cell = &self.encoded[encoding.index()];
         Some(
             cell.get_or_init(|| match encoding {
-                Encoding::Native(Protocol::Json) => {
-                    Message::Text(ServerFrame::Event(e.clone()).to_json().into())
-                }
+                Encoding::Native(Protocol::Json) => Message::Text(frame.to_json().into()),
                 Encoding::Native(Protocol::MsgPack) => {
-                    Message::Binary(Bytes::from(ServerFrame::Event(e.clone()).to_msgpack()))
+                    Message::Binary(Bytes::from(frame.to_msgpack()))
                 }
                 Encoding::Hub(protocol) => {
+                    let ServerFrame::Event(e) = frame else {
+                        // Only event frames are stored in an Event.
+                        return Message::Binary(Bytes::new());
+                    };
                     let target = target_for_kind(&e.kind);
-                    let bytes = ServerMessage::Invocation {
+                    let invocation = ServerMessage::Invocation {
                         target: &target,
                         argument: &e.data,
-                    }
-                    .encode(protocol);
-                    match protocol {
-                        // JSON hub messages are UTF-8 text (serde_json output plus 0x1E).
-                        HubProtocol::Json => {
-                            Message::Text(String::from_utf8_lossy(&bytes).into_owned().into())
-                        }
-                        HubProtocol::MessagePack => Message::Binary(Bytes::from(bytes)),
-                    }
+                    };
+                    hub_frame(protocol, invocation.encode(protocol))
                 }
             })
             .clone(),
         )
+    }
+}
+
+/// Wraps encoded hub-protocol bytes in the WebSocket frame type of `protocol`: text
+/// for JSON (serde_json output plus 0x1E is UTF-8), binary for MessagePack.
+pub(crate) fn hub_frame(protocol: HubProtocol, bytes: Vec<u8>) -> Message {
+    match protocol {
+        HubProtocol::Json => Message::Text(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                .into(),
+        ),
+        HubProtocol::MessagePack => Message::Binary(Bytes::from(bytes)),
     }
 }
 

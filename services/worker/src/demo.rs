@@ -1,40 +1,12 @@
 //! The demo producer behind `ziraai-worker demo` (used by `make run`): submits a sample
 //! analysis job for the demo user every interval until stopped; `ziraai-worker run`
-//! analyses it and the user is notified. [`sample`] builds a finished outcome directly
-//! (used by tests and the bench).
+//! analyses it and the user is notified.
 
 use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use ziraai_proto::UserId;
-use ziraai_proto::analysis::{AnalysisError, AnalysisId, AnalysisOutcome};
-
-/// Sample outcome number `n`: mostly completed, every fifth one failed.
-pub fn sample(user: &UserId, run: &str, n: u64) -> AnalysisOutcome {
-    let id = AnalysisId::Text(format!("demo-{run}-{n}"));
-    if n.is_multiple_of(5) {
-        AnalysisOutcome::failed(
-            id,
-            user.clone(),
-            AnalysisError {
-                code: "image_unreadable".into(),
-                message: "the photo is too blurry to analyse (demo)".into(),
-            },
-        )
-    } else {
-        AnalysisOutcome::completed(
-            id,
-            user.clone(),
-            json!({
-                "plant": "tomato",
-                "disease": if n.is_multiple_of(2) { "early blight" } else { "healthy" },
-                "confidence": 0.9,
-                "demo": true
-            }),
-        )
-    }
-}
 
 /// Submits one analysis job to `jobs.analysis` and waits for the stream to store it.
 pub async fn submit_job(

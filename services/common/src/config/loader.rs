@@ -77,6 +77,11 @@ pub(super) fn parse_positive(raw: &str) -> Result<usize, String> {
     }
 }
 
+/// A positive count that fits in `u32` (larger values are capped).
+pub(super) fn parse_positive_u32(raw: &str) -> Result<u32, String> {
+    parse_positive(raw).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 pub(super) fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
     raw.trim()
         .parse::<SocketAddr>()

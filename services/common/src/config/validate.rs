@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::file::FileConfig;
-use super::loader::{Loader, addr, parse_addr, parse_nonzero_duration, parse_positive};
+use super::loader::{
+    Loader, addr, parse_addr, parse_nonzero_duration, parse_positive, parse_positive_u32,
+};
 use super::parse::{parse_bool, parse_duration, split_list};
 use super::*;
 
@@ -216,7 +218,7 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             "ZIRAAI_GATEWAY_HANDSHAKE_BURST",
             g.handshake_burst.map(|n| n.to_string()),
             DEFAULT_HANDSHAKE_BURST,
-            |s| parse_positive(s).map(|n| n.min(u32::MAX as usize) as u32),
+            parse_positive_u32,
         ),
         handshake_interval: l.pick(
             "ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL",
@@ -314,7 +316,7 @@ pub(super) fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError
             "ZIRAAI_BREAKER_THRESHOLD",
             w.breaker_threshold.map(|n| n.to_string()),
             DEFAULT_BREAKER_THRESHOLD,
-            |s| parse_positive(s).map(|n| n.min(u32::MAX as usize) as u32),
+            parse_positive_u32,
         ),
         breaker_cooldown: l.pick(
             "ZIRAAI_BREAKER_COOLDOWN",

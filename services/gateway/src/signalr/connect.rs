@@ -12,15 +12,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use ziraai_proto::signalr::{
-    ClientMessage, DEFAULT_MAX_MESSAGE, Handshake, HandshakeError, HubProtocol, ServerMessage,
-    handshake_response, parse_handshake, parse_json_messages, parse_msgpack_messages,
+    ClientMessage, Handshake, HandshakeError, HubProtocol, ServerMessage, handshake_response,
+    parse_handshake, parse_messages,
 };
 
-use super::dialect::{CLOSED_WITH_ERROR, SignalrDialect, frame};
+use super::dialect::{CLOSED_WITH_ERROR, SignalrDialect};
 use super::stateful::{Record, Stateful, protocol_name};
 use super::token;
 use crate::AppState;
-use crate::delivery::Encoding;
+use crate::delivery::{Encoding, hub_frame};
 use crate::http::{ApiError, refuse};
 use crate::session::close_code;
 use crate::ws::{
@@ -103,7 +103,7 @@ pub(crate) async fn upgrade(
                 let Some(protocol) = record.protocol() else {
                     return;
                 };
-                if !resume_sequence(&mut socket, protocol, record.acked).await {
+                if !resume_sequence(&mut socket, protocol, record.acked, max).await {
                     return;
                 }
                 let st = Stateful::new(app.resumes.clone(), connection_id.clone(), record);
@@ -141,7 +141,9 @@ pub(crate) async fn upgrade(
                 error: Some(CLOSED_WITH_ERROR),
                 allow_reconnect: true,
             };
-            let _ = socket.send(frame(protocol, close.encode(protocol))).await;
+            let _ = socket
+                .send(hub_frame(protocol, close.encode(protocol)))
+                .await;
             let _ = socket
                 .send(Message::Close(Some(CloseFrame {
                     code: close_code::NORMAL,
@@ -175,7 +177,12 @@ pub(crate) async fn upgrade(
 
 /// Resume of a stateful connection: the client's first message is `Sequence`; the
 /// server answers with its own (the first unacknowledged number) before anything else.
-async fn resume_sequence(socket: &mut WebSocket, protocol: HubProtocol, acked: u64) -> bool {
+async fn resume_sequence(
+    socket: &mut WebSocket,
+    protocol: HubProtocol,
+    acked: u64,
+    max: usize,
+) -> bool {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         loop {
             match socket.next().await {
@@ -188,16 +195,13 @@ async fn resume_sequence(socket: &mut WebSocket, protocol: HubProtocol, acked: u
     })
     .await;
     let Ok(Some(bytes)) = first else { return false };
-    let parsed = match protocol {
-        HubProtocol::Json => parse_json_messages(&bytes, DEFAULT_MAX_MESSAGE),
-        HubProtocol::MessagePack => parse_msgpack_messages(&bytes, DEFAULT_MAX_MESSAGE),
-    };
+    let parsed = parse_messages(protocol, &bytes, max);
     if !matches!(parsed.as_deref(), Ok([ClientMessage::Sequence(_), ..])) {
         tracing::debug!("resume without a leading Sequence message; closing");
         return false;
     }
     let sequence = ServerMessage::Sequence(acked + 1).encode(protocol);
-    socket.send(frame(protocol, sequence)).await.is_ok()
+    socket.send(hub_frame(protocol, sequence)).await.is_ok()
 }
 
 /// Reads the handshake request (JSON + 0x1E, possibly over several frames) within
@@ -226,14 +230,8 @@ async fn handshake(socket: &mut WebSocket, max: usize) -> Option<Handshake> {
     };
     match result {
         Ok(h) => {
-            let bytes = handshake_response(None);
             // .NET switches to the chosen format before answering: binary for MessagePack.
-            let reply = match h.protocol {
-                HubProtocol::Json => {
-                    Message::Text(String::from_utf8_lossy(&bytes).into_owned().into())
-                }
-                HubProtocol::MessagePack => Message::Binary(bytes.into()),
-            };
+            let reply = hub_frame(h.protocol, handshake_response(None));
             socket.send(reply).await.ok()?;
             Some(h)
         }

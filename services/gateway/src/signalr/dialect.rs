@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
 use ziraai_proto::signalr::{
-    ClientMessage, HubMessageError, HubProtocol, ServerMessage, parse_json_messages,
-    parse_msgpack_messages,
+    ClientMessage, HubMessageError, HubProtocol, ServerMessage, parse_messages,
 };
 
 use super::stateful::Stateful;
-use crate::delivery::Encoding;
+use crate::delivery::{Encoding, hub_frame};
 use crate::session::close_code;
 use crate::session::{CloseReason, Dialect, Inbound, Keepalive};
 
@@ -28,18 +27,9 @@ pub(crate) struct SignalrDialect {
     pub(crate) stateful: Option<Stateful>,
 }
 
-/// Wraps encoded hub bytes in the frame type of `protocol`.
-pub(crate) fn frame(protocol: HubProtocol, bytes: Vec<u8>) -> Message {
-    match protocol {
-        // serde_json output plus 0x1E is valid UTF-8.
-        HubProtocol::Json => Message::Text(String::from_utf8_lossy(&bytes).into_owned().into()),
-        HubProtocol::MessagePack => Message::Binary(bytes.into()),
-    }
-}
-
 impl SignalrDialect {
     fn message(&self, m: &ServerMessage<'_>) -> Message {
-        frame(self.protocol, m.encode(self.protocol))
+        hub_frame(self.protocol, m.encode(self.protocol))
     }
 }
 
@@ -59,11 +49,7 @@ impl Dialect for SignalrDialect {
             Message::Binary(b) => b,
             _ => return Vec::new(),
         };
-        let parsed = match self.protocol {
-            HubProtocol::Json => parse_json_messages(bytes, self.max_message),
-            HubProtocol::MessagePack => parse_msgpack_messages(bytes, self.max_message),
-        };
-        let messages = match parsed {
+        let messages = match parse_messages(self.protocol, bytes, self.max_message) {
             Ok(m) => m,
             Err(HubMessageError::TooLarge(_)) => return vec![Inbound::Close(CloseReason::TooBig)],
             Err(HubMessageError::Malformed(why)) => {
