@@ -3,10 +3,52 @@
 
 use std::future::Future;
 
+use std::net::SocketAddr;
+
 use anyhow::Context as _;
 use tokio::sync::oneshot;
+use ziraai_common::Config;
 
 use crate::within;
+
+/// A service the tests run: built from a configuration, observed through its bound
+/// address and a probe, run until a stop future resolves.
+pub(crate) trait Service: Sized + Send + 'static {
+    type Probe: Send + 'static;
+    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
+    fn observe(&self) -> std::io::Result<(SocketAddr, Self::Probe)>;
+    fn run(self, stop: oneshot::Receiver<()>) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl Service for ziraai_gateway::App {
+    type Probe = ziraai_gateway::Probe;
+    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> + Send {
+        Self::build(config)
+    }
+    fn observe(&self) -> std::io::Result<(SocketAddr, Self::Probe)> {
+        Ok((self.local_addr()?, self.probe()))
+    }
+    fn run(self, stop: oneshot::Receiver<()>) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.run_until_stopped(async {
+            let _ = stop.await;
+        })
+    }
+}
+
+impl Service for ziraai_worker::WorkerApp {
+    type Probe = ziraai_worker::WorkerProbe;
+    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> + Send {
+        Self::build(config)
+    }
+    fn observe(&self) -> std::io::Result<(SocketAddr, Self::Probe)> {
+        Ok((self.local_addr()?, self.probe()))
+    }
+    fn run(self, stop: oneshot::Receiver<()>) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.run_until_stopped(async {
+            let _ = stop.await;
+        })
+    }
+}
 
 /// The runtime and the handles to stop and await the service on it.
 pub(crate) struct Isolated {
@@ -16,6 +58,26 @@ pub(crate) struct Isolated {
 }
 
 impl Isolated {
+    /// Builds and runs service `S` with `config` on its own runtime; returns its address
+    /// and probe.
+    pub(crate) async fn start<S: Service>(
+        name: &str,
+        config: Config,
+    ) -> (Self, (SocketAddr, S::Probe)) {
+        Self::spawn(name, |ready, stop| async move {
+            let service = match S::build(config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let _ = ready.send(service.observe().map_err(anyhow::Error::from));
+            service.run(stop).await
+        })
+        .await
+    }
+
     /// Runs `body(ready, stop)` on a new one-thread runtime. `body` builds the service,
     /// sends what the test observes through `ready`, then serves until `stop` resolves.
     pub(crate) async fn spawn<P, F, Fut>(name: &str, body: F) -> (Self, P)

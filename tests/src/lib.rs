@@ -99,25 +99,7 @@ impl TestGateway {
     /// Starts a gateway with `config`.
     pub async fn start_with(config: Config) -> Self {
         let (service, (addr, probe)) =
-            isolated::Isolated::spawn("test-gateway", |ready, stop| async move {
-                let app = match App::build(config).await {
-                    Ok(app) => app,
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                let _ = ready.send(
-                    app.local_addr()
-                        .map(|a| (a, app.probe()))
-                        .map_err(anyhow::Error::from),
-                );
-                app.run_until_stopped(async {
-                    let _ = stop.await;
-                })
-                .await
-            })
-            .await;
+            isolated::Isolated::start::<App>("test-gateway", config).await;
         Self {
             addr,
             probe,

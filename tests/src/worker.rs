@@ -125,25 +125,7 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub async fn start(config: Config) -> Self {
-        let (service, (health, probe)) = Isolated::spawn("test-worker", |ready, stop| async move {
-            let app = match WorkerApp::build(config).await {
-                Ok(app) => app,
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return Ok(());
-                }
-            };
-            let _ = ready.send(
-                app.local_addr()
-                    .map(|a| (a, app.probe()))
-                    .map_err(anyhow::Error::from),
-            );
-            app.run_until_stopped(async {
-                let _ = stop.await;
-            })
-            .await
-        })
-        .await;
+        let (service, (health, probe)) = Isolated::start::<WorkerApp>("test-worker", config).await;
         Self {
             health,
             probe,
