@@ -160,7 +160,9 @@ async fn deliveries_and_acks_are_tracked_and_readable_by_admins_only() {
     c.ack(seqs[1]).await;
 
     let admin = ziraai_gateway::auth::mint_with_roles(
-        &ziraai_common::Config::development().auth.jwt_secret,
+        &ziraai_common::GatewayServiceConfig::development()
+            .auth
+            .jwt_secret,
         "ops-1",
         600,
         &["Admin"],

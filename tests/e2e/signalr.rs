@@ -77,7 +77,9 @@ async fn bad_or_expired_tokens_fail_to_connect() {
     let gw = TestGateway::start(&nats).await;
     let u = user("denied");
     let expired = ziraai_gateway::auth::mint(
-        &ziraai_common::Config::development().auth.jwt_secret,
+        &ziraai_common::GatewayServiceConfig::development()
+            .auth
+            .jwt_secret,
         u.as_str(),
         -3600,
     );

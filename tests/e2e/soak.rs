@@ -146,7 +146,7 @@ async fn soak_gateway_crashes_and_reconnects_lose_nothing() {
             ),
         ]);
         vars.shrink_to_fit();
-        ziraai_common::Config::load(&vars).expect("valid")
+        ziraai_common::GatewayServiceConfig::load(&vars).expect("valid")
     };
     let mut chaos_rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
     let chaos = tokio::spawn(async move {

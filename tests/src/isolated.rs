@@ -7,22 +7,25 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use tokio::sync::oneshot;
-use ziraai_common::Config;
+use ziraai_common::{GatewayServiceConfig, WorkerServiceConfig};
 
 use crate::within;
 
 /// A service the tests run: built from a configuration, observed through its bound
 /// address and a probe, run until a stop future resolves.
 pub(crate) trait Service: Sized + Send + 'static {
+    /// The service's own configuration type.
+    type Config: Send + 'static;
     type Probe: Send + 'static;
-    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
+    fn build(config: Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
     fn observe(&self) -> std::io::Result<(SocketAddr, Self::Probe)>;
     fn run(self, stop: oneshot::Receiver<()>) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 impl Service for ziraai_gateway::App {
+    type Config = GatewayServiceConfig;
     type Probe = ziraai_gateway::Probe;
-    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> + Send {
+    fn build(config: Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send {
         Self::build(config)
     }
     fn observe(&self) -> std::io::Result<(SocketAddr, Self::Probe)> {
@@ -36,8 +39,9 @@ impl Service for ziraai_gateway::App {
 }
 
 impl Service for ziraai_worker::WorkerApp {
+    type Config = WorkerServiceConfig;
     type Probe = ziraai_worker::WorkerProbe;
-    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> + Send {
+    fn build(config: Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send {
         Self::build(config)
     }
     fn observe(&self) -> std::io::Result<(SocketAddr, Self::Probe)> {
@@ -62,7 +66,7 @@ impl Isolated {
     /// and probe.
     pub(crate) async fn start<S: Service>(
         name: &str,
-        config: Config,
+        config: S::Config,
     ) -> (Self, (SocketAddr, S::Probe)) {
         Self::spawn(name, |ready, stop| async move {
             let service = match S::build(config).await {

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ziraai_common::Config;
+use ziraai_common::GatewayServiceConfig;
 use ziraai_gateway::{App, Probe};
 use ziraai_proto::UserId;
 use ziraai_proto::analysis::{AnalysisId, AnalysisOutcome};
@@ -63,11 +63,15 @@ pub fn user(prefix: &str) -> UserId {
 
 /// A token for `user` signed with the development secret the test gateways use.
 pub fn token(user: &UserId) -> String {
-    ziraai_gateway::auth::mint(&Config::development().auth.jwt_secret, user.as_str(), 600)
+    ziraai_gateway::auth::mint(
+        &GatewayServiceConfig::development().auth.jwt_secret,
+        user.as_str(),
+        600,
+    )
 }
 
 /// Configuration of a test gateway on `nats`, with `extra` variables applied.
-pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> Config {
+pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> GatewayServiceConfig {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("ZIRAAI_CONFIG_DIR".into(), String::new()),
         ("ZIRAAI_NATS_URL".into(), nats.url()),
@@ -79,7 +83,7 @@ pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> Config {
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    Config::load(&vars).expect("test configuration is valid")
+    GatewayServiceConfig::load(&vars).expect("test configuration is valid")
 }
 
 /// A gateway running in-process on a runtime of its own, so a test can kill it
@@ -97,7 +101,7 @@ impl TestGateway {
     }
 
     /// Starts a gateway with `config`.
-    pub async fn start_with(config: Config) -> Self {
+    pub async fn start_with(config: GatewayServiceConfig) -> Self {
         let (service, (addr, probe)) =
             isolated::Isolated::start::<App>("test-gateway", config).await;
         Self {

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use ziraai_common::Config;
+use ziraai_common::WorkerServiceConfig;
 use ziraai_worker::{WorkerApp, WorkerProbe};
 
 use crate::isolated::Isolated;
@@ -96,7 +96,11 @@ impl TestAnalyzer {
 }
 
 /// A worker configuration for tests: fast retries, quick breaker, short grace.
-pub fn worker_config(nats: &NatsServer, analyzer: &TestAnalyzer, extra: &[(&str, &str)]) -> Config {
+pub fn worker_config(
+    nats: &NatsServer,
+    analyzer: &TestAnalyzer,
+    extra: &[(&str, &str)],
+) -> WorkerServiceConfig {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("ZIRAAI_CONFIG_DIR".into(), String::new()),
         ("ZIRAAI_NATS_URL".into(), nats.url()),
@@ -113,7 +117,7 @@ pub fn worker_config(nats: &NatsServer, analyzer: &TestAnalyzer, extra: &[(&str,
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    Config::load(&vars).expect("test worker configuration is valid")
+    WorkerServiceConfig::load(&vars).expect("test worker configuration is valid")
 }
 
 /// A worker on its own runtime.
@@ -124,7 +128,7 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    pub async fn start(config: Config) -> Self {
+    pub async fn start(config: WorkerServiceConfig) -> Self {
         let (service, (health, probe)) = Isolated::start::<WorkerApp>("test-worker", config).await;
         Self {
             health,

@@ -3,11 +3,17 @@
 //!
 //! Loading reads from a map passed in (never from the process environment directly),
 //! so tests exercise every rule without `set_var`.
+//!
+//! Each service validates the shared section (environment, NATS, logs, `/metrics`
+//! access) plus its own only: [`GatewayServiceConfig`] (gateway and token settings) and
+//! [`WorkerServiceConfig`] (worker settings). A worker never needs the JWT secret.
 
 mod file;
+mod gateway;
 mod loader;
 mod parse;
 mod validate;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -135,6 +141,8 @@ pub struct GatewayConfig {
     pub subscribe_timeout: Duration,
     /// Serve `/demo` with a minted development token (development only).
     pub demo_page: bool,
+    /// The user whose events `/demo` shows (`ZIRAAI_DEMO_USER`, as the worker's demo).
+    pub demo_user: String,
     /// Realtime switch of the rollback plan: when false, socket endpoints answer 503
     /// and clients poll `/api/v1/notifications`.
     pub realtime_enabled: bool,
@@ -198,19 +206,42 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// The validated configuration of a service.
+/// What every service reads: the deployment, the broker, logs and `/metrics` access.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct SharedConfig {
     pub env: Environment,
     pub nats: NatsConfig,
+    pub log_format: LogFormat,
+    /// Addresses allowed to read `/metrics`.
+    pub metrics_allow: Vec<crate::metrics::IpRange>,
+    /// Things worth a line at start-up that do not stop it (unknown variables).
+    pub warnings: Vec<String>,
+}
+
+/// The validated configuration of `ziraai-gateway` (the server and its CLI
+/// subcommands): the shared section, the gateway's own, and token verification.
+/// It holds no worker setting.
+#[derive(Debug, Clone)]
+pub struct GatewayServiceConfig {
+    pub env: Environment,
+    pub nats: NatsConfig,
+    pub log_format: LogFormat,
+    pub metrics_allow: Vec<crate::metrics::IpRange>,
+    pub warnings: Vec<String>,
     pub gateway: GatewayConfig,
     pub auth: AuthConfig,
-    pub worker: WorkerConfig,
+}
+
+/// The validated configuration of `ziraai-worker`: the shared section and the
+/// worker's own. It holds no gateway setting and no JWT secret.
+#[derive(Debug, Clone)]
+pub struct WorkerServiceConfig {
+    pub env: Environment,
+    pub nats: NatsConfig,
     pub log_format: LogFormat,
-    /// Addresses allowed to read `/metrics` (gateway and worker).
     pub metrics_allow: Vec<crate::metrics::IpRange>,
-    /// Things worth a line at start-up that do not stop it (unknown variables, dev secret).
     pub warnings: Vec<String>,
+    pub worker: WorkerConfig,
 }
 
 /// Every problem found while loading, one per line.
@@ -218,39 +249,74 @@ pub struct Config {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigErrors(pub Vec<String>);
 
-impl Config {
-    /// Loads from the process environment (the only place that reads it).
-    pub fn from_process_env() -> Result<Self, ConfigErrors> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
-        Self::load(&vars)
-    }
-
-    /// For `main`: loads from the process environment, or prints every problem (one line
-    /// each, prefixed by `program`) and returns the exit code 2.
-    pub fn for_main(program: &str) -> Result<Self, std::process::ExitCode> {
-        Self::from_process_env().map_err(|e| {
-            eprintln!("{program}: {e}");
-            std::process::ExitCode::from(2)
-        })
-    }
-
-    /// Loads from `vars` (the `ZIRAAI_*` variables) and the environment's file.
+impl GatewayServiceConfig {
+    /// Loads the shared and the gateway's sections from `vars` (the `ZIRAAI_*`
+    /// variables) and the environment's file.
     ///
     /// The file is `$ZIRAAI_CONFIG_DIR/<env>.toml`; without `ZIRAAI_CONFIG_DIR`,
     /// `infra/config/<env>.toml` relative to the working directory if it exists.
     pub fn load(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
-        validate::load(vars)
+        validate::load_gateway(vars)
+    }
+
+    /// Loads from the process environment (the only place that reads it).
+    pub fn from_process_env() -> Result<Self, ConfigErrors> {
+        Self::load(&process_vars())
+    }
+
+    /// For `main`: loads from the process environment, or prints every problem (one
+    /// line each, prefixed by `program`) and returns the exit code 2.
+    pub fn for_main(program: &str) -> Result<Self, std::process::ExitCode> {
+        report(program, Self::from_process_env())
     }
 
     /// A development configuration with defaults, for tests and tools.
     pub fn development() -> Self {
-        match Self::load(&HashMap::from([(
-            "ZIRAAI_CONFIG_DIR".to_owned(),
-            String::new(),
-        )])) {
-            Ok(c) => c,
-            // The built-in defaults are valid for development; the unit tests prove it.
-            Err(e) => panic!("built-in development defaults are invalid: {e}"),
-        }
+        development(Self::load)
+    }
+}
+
+impl WorkerServiceConfig {
+    /// Loads the shared and the worker's sections; see [`GatewayServiceConfig::load`].
+    pub fn load(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        validate::load_worker(vars)
+    }
+
+    /// Loads from the process environment (the only place that reads it).
+    pub fn from_process_env() -> Result<Self, ConfigErrors> {
+        Self::load(&process_vars())
+    }
+
+    /// For `main`: like [`GatewayServiceConfig::for_main`].
+    pub fn for_main(program: &str) -> Result<Self, std::process::ExitCode> {
+        report(program, Self::from_process_env())
+    }
+
+    /// A development configuration with defaults, for tests and tools.
+    pub fn development() -> Self {
+        development(Self::load)
+    }
+}
+
+fn process_vars() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// Prints every problem, one line each, and maps them to exit code 2.
+fn report<T>(program: &str, loaded: Result<T, ConfigErrors>) -> Result<T, std::process::ExitCode> {
+    loaded.map_err(|e| {
+        eprintln!("{program}: {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
+fn development<T>(load: fn(&HashMap<String, String>) -> Result<T, ConfigErrors>) -> T {
+    match load(&HashMap::from([(
+        "ZIRAAI_CONFIG_DIR".to_owned(),
+        String::new(),
+    )])) {
+        Ok(c) => c,
+        // The built-in defaults are valid for development; the unit tests prove it.
+        Err(e) => panic!("built-in development defaults are invalid: {e}"),
     }
 }

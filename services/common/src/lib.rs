@@ -7,4 +7,4 @@ pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Config, ConfigErrors, Environment};
+pub use config::{ConfigErrors, Environment, GatewayServiceConfig, WorkerServiceConfig};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Html;
 use secrecy::SecretString;
-use ziraai_common::Config;
+use ziraai_common::GatewayServiceConfig;
 
 use crate::AppState;
 
@@ -23,10 +23,10 @@ pub(crate) struct Demo {
 }
 
 impl Demo {
-    pub(crate) fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &GatewayServiceConfig) -> Self {
         Self {
             secret: config.auth.jwt_secret.clone(),
-            user: config.worker.demo_user.clone(),
+            user: config.gateway.demo_user.clone(),
             nats_url: config.nats.urls.first().cloned().unwrap_or_default(),
         }
     }

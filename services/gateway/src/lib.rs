@@ -30,7 +30,7 @@ use async_nats::jetstream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ziraai_common::config::{Config, Environment, GatewayConfig};
+use ziraai_common::config::{Environment, GatewayConfig, GatewayServiceConfig};
 use ziraai_common::nats;
 
 use crate::auth::Authenticator;
@@ -80,7 +80,7 @@ pub struct App {
 
 impl App {
     /// Connects to NATS, applies the stream definitions, binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: GatewayServiceConfig) -> anyhow::Result<Self> {
         let gateway_id = format!("gw-{}", nuid::next());
         let (client, resync) =
             nats::connect_observed(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
-use ziraai_common::{Config, shutdown, telemetry};
+use ziraai_common::{GatewayServiceConfig as Config, shutdown, telemetry};
 use ziraai_gateway::{App, auth, watch};
 
 #[derive(Parser)]

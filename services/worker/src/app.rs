@@ -16,7 +16,7 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use ziraai_common::Config;
+use ziraai_common::WorkerServiceConfig;
 use ziraai_common::nats;
 
 use crate::Publisher;
@@ -51,7 +51,7 @@ struct HealthState {
 
 impl WorkerApp {
     /// Connects to NATS, applies the streams and the consumer, binds the health port.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: WorkerServiceConfig) -> anyhow::Result<Self> {
         let client = nats::connect(&config.nats, "ziraai-worker").await?;
         let js = jetstream::new(client.clone());
         nats::apply_notify_streams(&js).await?;

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use ziraai_common::{Config, nats, shutdown, telemetry};
+use ziraai_common::{WorkerServiceConfig as Config, nats, shutdown, telemetry};
 use ziraai_proto::UserId;
 use ziraai_proto::analysis::{AnalysisError, AnalysisId, AnalysisOutcome};
 use ziraai_worker::Publisher;

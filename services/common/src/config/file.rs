@@ -41,6 +41,8 @@ pub(super) struct GatewayFile {
     pub(super) shutdown_grace: Option<String>,
     pub(super) subscribe_timeout: Option<String>,
     pub(super) demo_page: Option<bool>,
+    /// The user `/demo` shows (the gateway never reads `[worker]`).
+    pub(super) demo_user: Option<String>,
     pub(super) realtime_enabled: Option<bool>,
     pub(super) cursor_flush_interval: Option<String>,
     pub(super) delivery_tracking: Option<bool>,

@@ -1,11 +1,14 @@
-//! Each refusal of staging and production, and the layering order.
+//! Each refusal of staging and production, the layering order, and which service
+//! validates which section.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::super::{Config, DEV_JWT_SECRET, Environment};
+use super::super::{
+    ConfigErrors, DEV_JWT_SECRET, Environment, GatewayServiceConfig, WorkerServiceConfig,
+};
 
 const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef-prod";
 
@@ -19,15 +22,25 @@ fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     m
 }
 
-fn errors(pairs: &[(&str, &str)]) -> Vec<String> {
-    match Config::load(&vars(pairs)) {
+fn lines<T>(loaded: Result<T, ConfigErrors>) -> Vec<String> {
+    match loaded {
         Ok(_) => Vec::new(),
         Err(e) => e.0,
     }
 }
 
+/// The gateway's problems with `pairs`.
+fn errors(pairs: &[(&str, &str)]) -> Vec<String> {
+    lines(GatewayServiceConfig::load(&vars(pairs)))
+}
+
+/// The worker's problems with `pairs`.
+fn worker_errors(pairs: &[(&str, &str)]) -> Vec<String> {
+    lines(WorkerServiceConfig::load(&vars(pairs)))
+}
+
 /// A valid production set, with `extra` replacing entries (an empty value removes one).
-fn prod_errors(extra: &[(&str, &str)]) -> Vec<String> {
+fn prod_vars(extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut m = vars(&[
         ("ZIRAAI_ENV", "production"),
         ("ZIRAAI_JWT_SECRET", GOOD_SECRET),
@@ -41,21 +54,27 @@ fn prod_errors(extra: &[(&str, &str)]) -> Vec<String> {
             m.insert((*k).to_owned(), (*v).to_owned());
         }
     }
-    match Config::load(&m) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.0,
-    }
+    m
+}
+
+fn prod_errors(extra: &[(&str, &str)]) -> Vec<String> {
+    lines(GatewayServiceConfig::load(&prod_vars(extra)))
 }
 
 #[test]
 fn development_defaults_use_the_built_in_secret() {
-    let c = Config::load(&vars(&[])).expect("development defaults are valid");
+    let c = GatewayServiceConfig::load(&vars(&[])).expect("development defaults are valid");
     assert_eq!(c.env, Environment::Development);
     assert!(c.auth.dev_secret);
     assert_eq!(c.auth.jwt_secret.expose_secret(), DEV_JWT_SECRET);
     assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.gateway.demo_user, "demo-farmer");
     assert_eq!(c.nats.urls, vec!["nats://127.0.0.1:4222"]);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let w = WorkerServiceConfig::load(&vars(&[])).expect("development defaults are valid");
+    assert_eq!(w.worker.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(w.worker.demo_user, "demo-farmer");
+    assert!(w.warnings.is_empty(), "{:?}", w.warnings);
 }
 
 #[test]
@@ -118,7 +137,7 @@ fn secret_from_file_and_not_both() {
     let path = dir.join("secret");
     std::fs::write(&path, format!("{GOOD_SECRET}\n")).expect("write");
     let p = path.to_string_lossy().into_owned();
-    let c = Config::load(&vars(&[("ZIRAAI_JWT_SECRET_FILE", &p)])).expect("loads");
+    let c = GatewayServiceConfig::load(&vars(&[("ZIRAAI_JWT_SECRET_FILE", &p)])).expect("loads");
     assert_eq!(c.auth.jwt_secret.expose_secret(), GOOD_SECRET);
     let e = errors(&[("ZIRAAI_JWT_SECRET_FILE", &p), ("ZIRAAI_JWT_SECRET", "x")]);
     assert!(e[0].contains("not both"), "{e:?}");
@@ -137,7 +156,7 @@ fn variables_override_the_file_which_overrides_defaults() {
     )
     .expect("write");
     let d = dir.to_string_lossy().into_owned();
-    let c = Config::load(&vars(&[
+    let c = GatewayServiceConfig::load(&vars(&[
         ("ZIRAAI_CONFIG_DIR", &d),
         ("ZIRAAI_GATEWAY_LISTEN", "127.0.0.1:9100"),
     ]))
@@ -153,11 +172,100 @@ fn variables_override_the_file_which_overrides_defaults() {
 }
 
 #[test]
-fn unknown_variables_are_warned_about() {
-    let c = Config::load(&vars(&[("ZIRAAI_GATEWAY_LISTN", "x")])).expect("loads");
-    assert!(
-        c.warnings
-            .iter()
-            .any(|w| w.contains("ZIRAAI_GATEWAY_LISTN"))
+fn unknown_variables_are_warned_about_but_not_the_other_services() {
+    let c = GatewayServiceConfig::load(&vars(&[
+        ("ZIRAAI_GATEWAY_LISTN", "x"),
+        ("ZIRAAI_ANALYZER_URL", "http://a:1/analyze"),
+    ]))
+    .expect("loads");
+    assert_eq!(
+        c.warnings,
+        vec!["unknown variable ZIRAAI_GATEWAY_LISTN is ignored"]
     );
+    let w = WorkerServiceConfig::load(&vars(&[
+        ("ZIRAAI_WORKER_LISTN", "x"),
+        ("ZIRAAI_JWT_SECRET", "tiny"),
+        ("ZIRAAI_GATEWAY_HANDSHAKE_BURST", "3"),
+    ]))
+    .expect("loads");
+    assert_eq!(
+        w.warnings,
+        vec!["unknown variable ZIRAAI_WORKER_LISTN is ignored"]
+    );
+}
+
+#[test]
+fn a_staging_or_production_worker_needs_no_jwt_secret() {
+    let w = WorkerServiceConfig::load(&prod_vars(&[("ZIRAAI_JWT_SECRET", "")]))
+        .expect("a production worker without a JWT secret is valid");
+    assert_eq!(w.env, Environment::Production);
+    assert_eq!(
+        worker_errors(&[("ZIRAAI_ENV", "staging")]),
+        Vec::<String>::new()
+    );
+    // The gateway's settings are not the worker's business either.
+    assert_eq!(
+        worker_errors(&[
+            ("ZIRAAI_ENV", "staging"),
+            ("ZIRAAI_GATEWAY_DEMO_PAGE", "true"),
+            ("ZIRAAI_GATEWAY_LISTEN", "nowhere"),
+        ]),
+        Vec::<String>::new()
+    );
+    // The shared rules still apply to it.
+    let e = lines(WorkerServiceConfig::load(&prod_vars(&[
+        ("ZIRAAI_JWT_SECRET", ""),
+        ("ZIRAAI_NATS_URL", "nats://nats-1:4222"),
+    ])));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("NATS credentials"), "{e:?}");
+}
+
+#[test]
+fn each_service_validates_only_its_own_section() {
+    // A bad worker setting stops the worker, not the gateway, and the other way round.
+    let bad_worker = [("ZIRAAI_WORKER_LISTEN", "nowhere")];
+    assert_eq!(errors(&bad_worker), Vec::<String>::new());
+    assert!(worker_errors(&bad_worker)[0].contains("ZIRAAI_WORKER_LISTEN"));
+    let bad_gateway = [("ZIRAAI_GATEWAY_WRITE_TIMEOUT", "soon")];
+    assert_eq!(worker_errors(&bad_gateway), Vec::<String>::new());
+    assert!(errors(&bad_gateway)[0].contains("ZIRAAI_GATEWAY_WRITE_TIMEOUT"));
+    // A bad shared setting stops both.
+    let bad_shared = [("ZIRAAI_LOG_FORMAT", "xml")];
+    assert_eq!(errors(&bad_shared).len(), 1);
+    assert_eq!(worker_errors(&bad_shared).len(), 1);
+}
+
+#[test]
+fn the_gateway_reads_its_own_demo_user_and_no_worker_file_section() {
+    let dir = std::env::temp_dir().join(format!("ziraai-demo-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("development.toml"),
+        "[worker]\ndemo_user = \"worker-only\"\nlisten = \"not an address\"\n",
+    )
+    .expect("write");
+    let d = dir.to_string_lossy().into_owned();
+    let g = GatewayServiceConfig::load(&vars(&[("ZIRAAI_CONFIG_DIR", &d)]))
+        .expect("the worker's section is not validated by the gateway");
+    assert_eq!(g.gateway.demo_user, "demo-farmer");
+    assert!(worker_errors(&[("ZIRAAI_CONFIG_DIR", &d)])[0].contains("ZIRAAI_WORKER_LISTEN"));
+    // The one variable both read.
+    let g = GatewayServiceConfig::load(&vars(&[("ZIRAAI_DEMO_USER", "farmer-7")])).expect("loads");
+    assert_eq!(g.gateway.demo_user, "farmer-7");
+    assert!(errors(&[("ZIRAAI_DEMO_USER", "a b")])[0].contains("ZIRAAI_DEMO_USER"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn with_the_shipped_files_a_worker_starts_without_the_secret_a_gateway_does_not() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/config");
+    for env in ["staging", "production"] {
+        let v = vars(&[("ZIRAAI_ENV", env), ("ZIRAAI_CONFIG_DIR", shipped)]);
+        let w = WorkerServiceConfig::load(&v).unwrap_or_else(|e| panic!("{env} worker: {e}"));
+        assert!(w.warnings.is_empty(), "{:?}", w.warnings);
+        let e = lines(GatewayServiceConfig::load(&v));
+        assert_eq!(e.len(), 1, "{env}: {e:?}");
+        assert!(e[0].starts_with("ZIRAAI_JWT_SECRET"), "{env}: {e:?}");
+    }
 }

@@ -1,0 +1,213 @@
+//! The gateway's own sections: its listener and socket limits (`[gateway]`,
+//! `ZIRAAI_GATEWAY_*`, `ZIRAAI_SIGNALR_*`, …) and token verification
+//! (`ZIRAAI_JWT_SECRET`), with the rules staging and production add to them.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::file::GatewayFile;
+use super::loader::{
+    Loader, addr, parse_addr, parse_nonzero_duration, parse_positive, parse_positive_u32,
+};
+use super::parse::{parse_bool, parse_duration, split_list};
+use super::*;
+
+/// Variables of the gateway's sections.
+pub(super) const VARS: &[&str] = &[
+    "ZIRAAI_JWT_SECRET",
+    "ZIRAAI_JWT_SECRET_FILE",
+    "ZIRAAI_GATEWAY_LISTEN",
+    "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
+    "ZIRAAI_GATEWAY_OUTBOUND_QUEUE",
+    "ZIRAAI_GATEWAY_MAX_CLIENT_FRAME",
+    "ZIRAAI_GATEWAY_WRITE_TIMEOUT",
+    "ZIRAAI_GATEWAY_PING_INTERVAL",
+    "ZIRAAI_GATEWAY_SHUTDOWN_GRACE",
+    "ZIRAAI_GATEWAY_SUBSCRIBE_TIMEOUT",
+    "ZIRAAI_GATEWAY_DEMO_PAGE",
+    "ZIRAAI_REALTIME_ENABLED",
+    "ZIRAAI_GATEWAY_CURSOR_FLUSH_INTERVAL",
+    "ZIRAAI_DELIVERY_TRACKING",
+    "ZIRAAI_GATEWAY_HANDSHAKE_BURST",
+    "ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL",
+    "ZIRAAI_SIGNALR_KEEPALIVE",
+    "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
+    "ZIRAAI_SIGNALR_MAX_MESSAGE",
+    "ZIRAAI_DEMO_USER",
+];
+
+/// A user id as the demo settings take it (gateway page and worker producer alike).
+pub(super) fn parse_demo_user(s: &str) -> Result<String, String> {
+    ziraai_proto::UserId::parse(s)
+        .map(|u| u.to_string())
+        .map_err(|e| format!("{s:?} {e}"))
+}
+
+/// The `[gateway]` section and its variables.
+pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> GatewayConfig {
+    let gateway = GatewayConfig {
+        listen: l.pick(
+            "ZIRAAI_GATEWAY_LISTEN",
+            g.listen,
+            addr(DEFAULT_GATEWAY_LISTEN),
+            parse_addr,
+        ),
+        allowed_origins: l.pick(
+            "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
+            g.allowed_origins.map(|v| v.join(",")),
+            match env {
+                Environment::Development => vec!["*".into()],
+                _ => Vec::new(),
+            },
+            |s| Ok(split_list(s)),
+        ),
+        outbound_queue: l.pick(
+            "ZIRAAI_GATEWAY_OUTBOUND_QUEUE",
+            g.outbound_queue.map(|n| n.to_string()),
+            DEFAULT_OUTBOUND_QUEUE,
+            parse_positive,
+        ),
+        max_client_frame: l.pick(
+            "ZIRAAI_GATEWAY_MAX_CLIENT_FRAME",
+            g.max_client_frame.map(|n| n.to_string()),
+            DEFAULT_MAX_CLIENT_FRAME,
+            parse_positive,
+        ),
+        write_timeout: l.pick(
+            "ZIRAAI_GATEWAY_WRITE_TIMEOUT",
+            g.write_timeout,
+            DEFAULT_WRITE_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        ping_interval: l.pick(
+            "ZIRAAI_GATEWAY_PING_INTERVAL",
+            g.ping_interval,
+            DEFAULT_PING_INTERVAL,
+            parse_nonzero_duration,
+        ),
+        shutdown_grace: l.pick(
+            "ZIRAAI_GATEWAY_SHUTDOWN_GRACE",
+            g.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            parse_duration,
+        ),
+        subscribe_timeout: l.pick(
+            "ZIRAAI_GATEWAY_SUBSCRIBE_TIMEOUT",
+            g.subscribe_timeout,
+            DEFAULT_SUBSCRIBE_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        demo_page: l.pick(
+            "ZIRAAI_GATEWAY_DEMO_PAGE",
+            g.demo_page.map(|b| b.to_string()),
+            env == Environment::Development,
+            parse_bool,
+        ),
+        demo_user: l.pick(
+            "ZIRAAI_DEMO_USER",
+            g.demo_user,
+            DEFAULT_DEMO_USER.into(),
+            parse_demo_user,
+        ),
+        realtime_enabled: l.pick(
+            "ZIRAAI_REALTIME_ENABLED",
+            g.realtime_enabled.map(|b| b.to_string()),
+            true,
+            parse_bool,
+        ),
+        cursor_flush_interval: l.pick(
+            "ZIRAAI_GATEWAY_CURSOR_FLUSH_INTERVAL",
+            g.cursor_flush_interval,
+            DEFAULT_CURSOR_FLUSH_INTERVAL,
+            parse_nonzero_duration,
+        ),
+        delivery_tracking: l.pick(
+            "ZIRAAI_DELIVERY_TRACKING",
+            g.delivery_tracking.map(|b| b.to_string()),
+            true,
+            parse_bool,
+        ),
+        handshake_burst: l.pick(
+            "ZIRAAI_GATEWAY_HANDSHAKE_BURST",
+            g.handshake_burst.map(|n| n.to_string()),
+            DEFAULT_HANDSHAKE_BURST,
+            parse_positive_u32,
+        ),
+        handshake_interval: l.pick(
+            "ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL",
+            g.handshake_interval,
+            DEFAULT_HANDSHAKE_INTERVAL,
+            parse_nonzero_duration,
+        ),
+        signalr_keepalive: l.pick(
+            "ZIRAAI_SIGNALR_KEEPALIVE",
+            g.signalr_keepalive,
+            DEFAULT_SIGNALR_KEEPALIVE,
+            parse_nonzero_duration,
+        ),
+        signalr_client_timeout: l.pick(
+            "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
+            g.signalr_client_timeout,
+            DEFAULT_SIGNALR_CLIENT_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        signalr_max_message: l.pick(
+            "ZIRAAI_SIGNALR_MAX_MESSAGE",
+            g.signalr_max_message.map(|n| n.to_string()),
+            DEFAULT_SIGNALR_MAX_MESSAGE,
+            parse_positive,
+        ),
+    };
+    if env == Environment::Production && gateway.allowed_origins.iter().any(|o| o == "*") {
+        l.errors.push(
+            "ZIRAAI_GATEWAY_ALLOWED_ORIGINS: the wildcard \"*\" is refused in production; list the real origins"
+                .into(),
+        );
+    }
+    if env != Environment::Development && gateway.demo_page {
+        l.errors
+            .push("ZIRAAI_GATEWAY_DEMO_PAGE: the demo page is development-only".into());
+    }
+    gateway
+}
+
+/// Token verification: the JWT secret, required outside development.
+pub(super) fn auth(l: &mut Loader<'_>, env: Environment) -> AuthConfig {
+    match (l.secret("ZIRAAI_JWT_SECRET"), env) {
+        (Some(secret), _) => {
+            let s = secret.expose_secret();
+            if env != Environment::Development {
+                if s == DEV_JWT_SECRET {
+                    l.errors.push(format!(
+                        "ZIRAAI_JWT_SECRET is the built-in development secret; {} needs its own",
+                        env.as_str()
+                    ));
+                } else if s.len() < MIN_SECRET_BYTES {
+                    l.errors.push(format!(
+                        "ZIRAAI_JWT_SECRET is {} bytes; {} needs at least {MIN_SECRET_BYTES}",
+                        s.len(),
+                        env.as_str()
+                    ));
+                }
+            }
+            AuthConfig {
+                dev_secret: s == DEV_JWT_SECRET,
+                jwt_secret: secret,
+            }
+        }
+        // The gateway warns at start-up that the built-in secret is in use.
+        (None, Environment::Development) => AuthConfig {
+            jwt_secret: SecretString::from(DEV_JWT_SECRET),
+            dev_secret: true,
+        },
+        (None, env) => {
+            l.errors.push(format!(
+                "ZIRAAI_JWT_SECRET (or ZIRAAI_JWT_SECRET_FILE) must be set in {}: at least {MIN_SECRET_BYTES} random bytes",
+                env.as_str()
+            ));
+            AuthConfig {
+                jwt_secret: SecretString::from(""),
+                dev_secret: false,
+            }
+        }
+    }
+}
