@@ -40,6 +40,8 @@ pub const JOBS_CONSUMER_JSON: &str =
 pub const ADVISORIES_STREAM_JSON: &str = include_str!("../../../nats/streams/ADVISORIES.json");
 /// Subject of poison-job advisories.
 pub const POISON_ADVISORY_SUBJECT: &str = "advisories.jobs.poison";
+/// Where `make run` starts its pinned nats-server (what the version error points to).
+pub const DEV_NATS_URL: &str = "nats://127.0.0.1:4333";
 /// Oldest server version we run on (stream RePublish, direct get, KV as used).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 
@@ -57,8 +59,8 @@ pub enum NatsSetupError {
         source: std::io::Error,
     },
     #[error(
-        "NATS server {version} at {url} is older than {}.{}; this service needs JetStream RePublish and direct get (use the pinned server: make nats-server)",
-        MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+        "NATS server {version} at {url} is older than {}.{}; this service needs JetStream RePublish and direct get. `make run` starts a pinned server on {DEV_NATS_URL}: set ZIRAAI_NATS_URL={DEV_NATS_URL} (or the URL of another NATS {}.{}+ server)",
+        MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
     )]
     TooOld { version: String, url: String },
     #[error("stream definition {name} is not valid JetStream JSON: {source}")]
@@ -143,17 +145,18 @@ pub async fn connect_observed(
 }
 
 fn check_version(client: &Client, url: &str) -> Result<(), NatsSetupError> {
-    let version = client.server_info().version;
+    version_supported(client.server_info().version, url.to_owned())
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`].
+fn version_supported(version: String, url: String) -> Result<(), NatsSetupError> {
     let mut parts = version
         .trim_start_matches('v')
         .split(['.', '-'])
         .map(|p| p.parse::<u64>().unwrap_or(0));
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if found < MIN_SERVER_VERSION {
-        return Err(NatsSetupError::TooOld {
-            version,
-            url: url.to_owned(),
-        });
+        return Err(NatsSetupError::TooOld { version, url });
     }
     Ok(())
 }
@@ -218,6 +221,23 @@ pub async fn apply_notify_streams(js: &jetstream::Context) -> Result<(), NatsSet
 mod tests {
     use super::*;
     use ziraai_proto::ids::{LIVE_PREFIX, NOTIFY_PREFIX};
+
+    #[test]
+    fn an_old_server_is_refused_with_the_fix() {
+        let url = "nats://127.0.0.1:4222".to_owned();
+        let e = version_supported("2.9.10".into(), url.clone()).expect_err("too old");
+        assert_eq!(
+            e.to_string(),
+            "NATS server 2.9.10 at nats://127.0.0.1:4222 is older than 2.10; this service needs \
+             JetStream RePublish and direct get. `make run` starts a pinned server on \
+             nats://127.0.0.1:4333: set ZIRAAI_NATS_URL=nats://127.0.0.1:4333 (or the URL of \
+             another NATS 2.10+ server)"
+        );
+        for ok in ["2.10.0", "v2.15.1", "2.11.0-beta.1", "3.0.0"] {
+            assert!(version_supported(ok.into(), url.clone()).is_ok(), "{ok}");
+        }
+        assert!(version_supported("1.99.0".into(), url).is_err());
+    }
 
     #[test]
     fn notify_definition_matches_the_subject_rules() {
