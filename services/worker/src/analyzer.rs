@@ -2,19 +2,21 @@
 //!
 //! A 2xx JSON body is the result. A 4xx is permanent (the analyzer refused this job;
 //! its message goes into the failed event). A 5xx, a time-out or a refused connection
-//! is transient: the job is retried later.
+//! is transient: the job is retried later. An answer over [`MAX_BODY`] is refused while
+//! it is read (never collected whole) and is permanent too: asking again would bring
+//! the same oversized answer.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
 
 /// Longest analyzer answer read, bytes.
-const MAX_BODY: usize = 4 * 1024 * 1024;
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// What one call came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,25 +68,33 @@ impl Analyzer {
                 .await
                 .map_err(|e| format!("analyzer unreachable: {e}"))?;
             let status = response.status().as_u16();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("reading the analyzer's answer: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, bytes))
-        };
-        let (status, bytes) = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => {
-                return Outcome::Transient(format!(
-                    "analyzer did not answer within {:?}",
-                    self.timeout
-                ));
+            match Limited::new(response.into_body(), MAX_BODY).collect().await {
+                Ok(body) => Ok(classify(status, &body.to_bytes())),
+                Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Ok(too_large(status)),
+                Err(e) => Err(format!("reading the analyzer's answer: {e}")),
             }
-            Ok(Err(e)) => return Outcome::Transient(e),
-            Ok(Ok(r)) => r,
         };
-        classify(status, &bytes[..bytes.len().min(MAX_BODY)])
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => {
+                Outcome::Transient(format!("analyzer did not answer within {:?}", self.timeout))
+            }
+            Ok(Err(e)) => Outcome::Transient(e),
+            Ok(Ok(outcome)) => outcome,
+        }
+    }
+}
+
+/// An answer over [`MAX_BODY`]: a rejection, unless the status says "try again".
+fn too_large(status: u16) -> Outcome {
+    match status {
+        200..=299 | 400..=499 => Outcome::Rejected {
+            status,
+            message: format!(
+                "the analyzer's answer was too large (over {} MiB)",
+                MAX_BODY / (1024 * 1024)
+            ),
+        },
+        _ => Outcome::Transient(format!("analyzer answered {status}")),
     }
 }
 
@@ -129,6 +139,69 @@ fn message_of(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An analyzer on a random port answering every call with `status` and `body()`.
+    async fn serve(status: u16, body: fn() -> axum::body::Body) -> Analyzer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/analyze",
+            axum::routing::post(move || async move {
+                let status = axum::http::StatusCode::from_u16(status).expect("status");
+                (status, body())
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Analyzer::new(&format!("http://{addr}/analyze"), Duration::from_secs(5)).expect("url")
+    }
+
+    /// A body that never ends: only a limit applied while reading can stop it.
+    fn endless() -> axum::body::Body {
+        let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+        axum::body::Body::from_stream(futures_util::stream::repeat_with(move || {
+            Ok::<_, std::convert::Infallible>(chunk.clone())
+        }))
+    }
+
+    fn one_byte_over() -> axum::body::Body {
+        axum::body::Body::from(vec![b' '; MAX_BODY + 1])
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_is_a_rejection_found_while_reading() {
+        let too_large = Outcome::Rejected {
+            status: 200,
+            message: "the analyzer's answer was too large (over 4 MiB)".into(),
+        };
+        let job = Map::new();
+        // With a length announced, and streamed without one (never collected whole:
+        // the call would otherwise run into the 5 s time-out).
+        for body in [one_byte_over as fn() -> axum::body::Body, endless] {
+            let analyzer = serve(200, body).await;
+            let answer = tokio::time::timeout(Duration::from_secs(4), analyzer.analyze(&job));
+            assert_eq!(answer.await.expect("answered"), too_large);
+        }
+        let rejected = serve(422, endless).await.analyze(&job).await;
+        assert!(
+            matches!(&rejected, Outcome::Rejected { status: 422, message } if message.contains("too large")),
+            "{rejected:?}"
+        );
+        // A server error stays transient whatever its body.
+        let busy = serve(503, endless).await.analyze(&job).await;
+        assert!(matches!(busy, Outcome::Transient(_)), "{busy:?}");
+        // At the limit exactly, the answer is read.
+        let at_limit = serve(200, || {
+            let mut v = vec![b' '; MAX_BODY - 2];
+            v.splice(0..0, *b"{}");
+            axum::body::Body::from(v)
+        })
+        .await
+        .analyze(&job)
+        .await;
+        assert_eq!(at_limit, Outcome::Completed(json!({})));
+    }
 
     #[test]
     fn classification() {
