@@ -16,6 +16,9 @@ use crate::config::NatsConfig;
 pub const NOTIFY_STREAM_JSON: &str = include_str!("../../../nats/streams/NOTIFY.json");
 /// Name of the notification stream.
 pub const NOTIFY_STREAM: &str = "NOTIFY";
+/// `max_msg_size` of `NOTIFY` (body and headers): producers check events against it
+/// before publishing (a test keeps it equal to the definition).
+pub const NOTIFY_MAX_MESSAGE: usize = 64 * 1024;
 /// `nats/streams/KV_CURSORS.json`: the backing stream of the KV bucket `CURSORS`.
 pub const CURSORS_STREAM_JSON: &str = include_str!("../../../nats/streams/KV_CURSORS.json");
 /// KV bucket of device cursors (`<userId>.<deviceId>` → last acknowledged sequence).
@@ -132,7 +135,13 @@ pub async fn connect_observed(
                 }
             }
         });
-    let urls = cfg.urls.join(",");
+    // Error messages name the URLs, never a password or token in them.
+    let urls = cfg
+        .urls
+        .iter()
+        .map(|u| without_credentials(u))
+        .collect::<Vec<_>>()
+        .join(",");
     let client =
         opts.connect(cfg.urls.as_slice())
             .await
@@ -146,6 +155,17 @@ pub async fn connect_observed(
 
 fn check_version(client: &Client, url: &str) -> Result<(), NatsSetupError> {
     version_supported(client.server_info().version, url.to_owned())
+}
+
+/// `nats://user:pw@host:4222` → `nats://***@host:4222`.
+fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Refuses a server older than [`MIN_SERVER_VERSION`].
@@ -240,6 +260,19 @@ mod tests {
     }
 
     #[test]
+    fn urls_in_errors_carry_no_credentials() {
+        assert_eq!(
+            without_credentials("nats://svc:pw@nats-1:4222"),
+            "nats://***@nats-1:4222"
+        );
+        assert_eq!(without_credentials("tok@nats-1:4222"), "***@nats-1:4222");
+        assert_eq!(
+            without_credentials("nats://127.0.0.1:4333"),
+            "nats://127.0.0.1:4333"
+        );
+    }
+
+    #[test]
     fn notify_definition_matches_the_subject_rules() {
         let c = notify_stream_config().expect("valid definition");
         assert_eq!(c.name, NOTIFY_STREAM);
@@ -249,6 +282,7 @@ mod tests {
         assert_eq!(c.max_age, Duration::from_secs(7 * 24 * 3600));
         assert!(c.max_messages_per_subject > 0);
         assert!(c.duplicate_window >= Duration::from_secs(120));
+        assert_eq!(i64::from(c.max_message_size), NOTIFY_MAX_MESSAGE as i64);
         let rp = c.republish.expect("republish to the live subjects");
         assert_eq!(rp.source, format!("{NOTIFY_PREFIX}.>"));
         assert_eq!(rp.destination, format!("{LIVE_PREFIX}.>"));

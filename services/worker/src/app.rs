@@ -210,6 +210,8 @@ async fn details(State(h): State<HealthState>) -> Response {
         "retried": get(&c.retried),
         "poison": get(&c.poison),
         "handedBack": get(&c.handed_back),
+        "published": get(&c.published),
+        "duplicates": get(&c.duplicates),
     });
     let status = if missing.is_empty() {
         StatusCode::OK
@@ -272,6 +274,18 @@ async fn metrics(
             "counter",
             "In-flight jobs handed back at shutdown.",
             get(&c.handed_back),
+        )
+        .metric(
+            "ziraai_worker_events_published_total",
+            "counter",
+            "PubAcks that stored a new event.",
+            get(&c.published),
+        )
+        .metric(
+            "ziraai_worker_events_duplicate_total",
+            "counter",
+            "PubAcks that found the event stored already (duplicate: true).",
+            get(&c.duplicates),
         )
         .metric(
             "ziraai_worker_breaker_open",

@@ -5,9 +5,10 @@ use async_nats::jetstream;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use ziraai_common::{WorkerServiceConfig as Config, nats, shutdown, telemetry};
+use ziraai_proto::PayloadEncoding;
 use ziraai_proto::UserId;
 use ziraai_proto::analysis::{AnalysisError, AnalysisId, AnalysisOutcome};
-use ziraai_worker::Publisher;
+use ziraai_worker::{CheckedEvent, Publisher};
 
 #[derive(Parser)]
 #[command(name = "ziraai-worker", version, about = "ZiraAI Realtime worker")]
@@ -18,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Publish one analysis outcome, wait for the PubAck, print the stream sequence.
+    /// Publish one analysis outcome, wait for the PubAck, print the stream sequence
+    /// (or `duplicate: stored earlier as N` when the analysis was published before).
     Publish {
         #[arg(long)]
         user: String,
@@ -119,13 +121,28 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 )
             } else {
                 let result = match result {
-                    Some(raw) => serde_json::from_str(raw).context("--result is not JSON")?,
+                    Some(raw) => match serde_json::from_str(raw) {
+                        Ok(object @ serde_json::Value::Object(_)) => object,
+                        Ok(_) => anyhow::bail!(
+                            "--result must be a JSON object like '{{\"disease\":\"none\"}}', not {raw}"
+                        ),
+                        Err(e) => anyhow::bail!("--result is not JSON ({e}): {raw}"),
+                    },
                     None => serde_json::json!({}),
                 };
                 AnalysisOutcome::completed(id, user, result)
             })
         }
         _ => None,
+    };
+    // Refuse what a gateway could not deliver before connecting (the CLI sends JSON).
+    let checked = match &outcome {
+        Some(o) => Some(CheckedEvent::new(
+            &o.to_envelope(),
+            &o.event_id(),
+            PayloadEncoding::Json,
+        )?),
+        None => None,
     };
     let client = nats::connect(&config.nats, "ziraai-worker").await?;
     let js = jetstream::new(client.clone());
@@ -152,21 +169,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let publisher = Publisher::new(js.clone());
-    match outcome {
-        Some(outcome) => {
-            let published = publisher.publish_outcome(&outcome).await?;
+    match outcome.zip(checked) {
+        Some((outcome, checked)) => {
+            let published = publisher
+                .publish_checked(outcome.user_id(), &checked)
+                .await?;
             eprintln!(
-                "published {} {} as {}{}",
+                "published {} {} as {}",
                 outcome.kind(),
                 outcome.user_id().notify_subject(),
                 outcome.event_id(),
-                if published.duplicate {
-                    " (duplicate: already stored)"
-                } else {
-                    ""
-                }
             );
-            println!("{}", published.seq);
+            if published.duplicate {
+                println!("duplicate: stored earlier as {}", published.seq);
+            } else {
+                println!("{}", published.seq);
+            }
         }
         None => {
             let user = UserId::parse(&config.worker.demo_user)

@@ -41,6 +41,11 @@ pub struct Counters {
     pub poison: AtomicU64,
     pub handed_back: AtomicU64,
     pub in_flight: AtomicUsize,
+    /// PubAcks that stored a new event.
+    pub published: AtomicU64,
+    /// PubAcks with `duplicate: true`: the job's event was stored earlier (a redelivery
+    /// after a lost job ack, or a publish retry whose first attempt was stored).
+    pub duplicates: AtomicU64,
 }
 
 /// What the job tasks share.
@@ -227,7 +232,13 @@ impl Runner {
                     &self.counters.failed
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(job = %job.job_id, seq = p.seq, duplicate = p.duplicate, kind = result.kind(), "event published, job acknowledged");
+                let acks = if p.duplicate {
+                    &self.counters.duplicates
+                } else {
+                    &self.counters.published
+                };
+                acks.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(job = %job.job_id, user = %job.user_id, seq = p.seq, kind = result.kind(), duplicate = p.duplicate, "job done");
             }
             Err(e) => {
                 // Not acknowledged: the job comes back and is published then.

@@ -1,0 +1,241 @@
+//! [`Publisher`]: puts an envelope on `notify.<userId>` and waits for the stream's
+//! PubAck.
+//!
+//! Before anything is sent, the envelope is checked with the code the gateway decodes
+//! with ([`Envelope::decode`] on the encoded body: the kind rule, `data` an object, the
+//! timestamp), its size against the `NOTIFY` stream's largest message (body and
+//! headers, as the server counts) and the event id; the user id is a [`UserId`], so
+//! its rule holds by type. An event the gateway could not deliver is refused with
+//! [`InvalidEvent`] instead of being stored and skipped by every gateway.
+//!
+//! Transient failures (time-out, no responders while a stream leader is elected, a
+//! broken connection) are retried with exponential back-off, always with the same
+//! `Nats-Msg-Id`, so a retry that reaches the stream twice is stored once (JetStream
+//! de-duplication); [`Published::duplicate`] says when the id was stored already.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use bytes::Bytes;
+use ziraai_common::nats::NOTIFY_MAX_MESSAGE;
+use ziraai_proto::analysis::AnalysisOutcome;
+use ziraai_proto::envelope::EnvelopeError;
+use ziraai_proto::{ENVELOPE_VERSION, Envelope, PayloadEncoding, UserId, headers};
+
+/// First retry delay; doubles up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Attempts per publish before giving up.
+pub const DEFAULT_ATTEMPTS: u32 = 8;
+
+/// What a successful publish returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Stream sequence: the event's cursor value for clients. For a duplicate, the
+    /// sequence the event was stored at earlier.
+    pub seq: u64,
+    /// True when the stream had the same `Nats-Msg-Id` already (a retry or a re-run).
+    pub duplicate: bool,
+}
+
+/// Why an event is refused before it is sent: a gateway could not deliver it.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidEvent {
+    /// The encoded body does not decode as the gateway decodes it.
+    #[error("the envelope would not decode at the gateway: {0}")]
+    Envelope(#[from] EnvelopeError),
+    /// Body and headers exceed the `NOTIFY` stream's `max_msg_size`.
+    #[error("the event is {size} bytes with its headers; the NOTIFY stream stores at most {max}")]
+    TooLarge { size: usize, max: usize },
+    /// The event id (`Nats-Msg-Id`) is empty or holds a control character.
+    #[error("event id {0:?} must be non-empty and free of control characters")]
+    BadEventId(String),
+}
+
+/// Why a publish failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid event: {0}")]
+    Invalid(#[from] InvalidEvent),
+    #[error("gave up after {attempts} attempts: {last}")]
+    Exhausted { attempts: u32, last: String },
+    #[error("publish refused: {0}")]
+    Permanent(String),
+}
+
+/// Publishes envelopes to `notify.<userId>` and waits for the stream's PubAck.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    encoding: PayloadEncoding,
+}
+
+/// An event checked as a gateway will read it: the body and headers to send.
+#[derive(Debug, Clone)]
+pub struct CheckedEvent {
+    body: Bytes,
+    headers: HeaderMap,
+    size: usize,
+}
+
+impl CheckedEvent {
+    /// Encodes `envelope` and checks it; sends nothing, so a CLI can refuse bad input
+    /// before it connects.
+    pub fn new(
+        envelope: &Envelope,
+        event_id: &str,
+        encoding: PayloadEncoding,
+    ) -> Result<Self, InvalidEvent> {
+        if event_id.is_empty() || event_id.chars().any(char::is_control) {
+            return Err(InvalidEvent::BadEventId(event_id.to_owned()));
+        }
+        let body = envelope.encode(encoding);
+        // The gateway's own decoding, so both sides apply one rule.
+        Envelope::decode(&body, encoding)?;
+        let mut hdrs = HeaderMap::new();
+        hdrs.insert(async_nats::header::NATS_MESSAGE_ID, event_id);
+        hdrs.insert(headers::KIND, envelope.kind.as_str());
+        hdrs.insert(headers::ENVELOPE, ENVELOPE_VERSION);
+        hdrs.insert(headers::CONTENT_TYPE, encoding.content_type());
+        let size = body.len() + header_len(&hdrs);
+        if size > NOTIFY_MAX_MESSAGE {
+            return Err(InvalidEvent::TooLarge {
+                size,
+                max: NOTIFY_MAX_MESSAGE,
+            });
+        }
+        Ok(Self {
+            body: Bytes::from(body),
+            headers: hdrs,
+            size,
+        })
+    }
+
+    /// Bytes the stream counts for this event (body and headers).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn event_id(&self) -> &str {
+        self.headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map_or("", |v| v.as_str())
+    }
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context) -> Self {
+        Self {
+            js,
+            encoding: PayloadEncoding::Json,
+        }
+    }
+
+    /// Publishes bodies as MessagePack instead of JSON.
+    pub fn with_encoding(mut self, encoding: PayloadEncoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// Publishes an analysis outcome; its event id derives from the analysis id.
+    pub async fn publish_outcome(
+        &self,
+        outcome: &AnalysisOutcome,
+    ) -> Result<Published, PublishError> {
+        self.publish(
+            outcome.user_id(),
+            &outcome.to_envelope(),
+            &outcome.event_id(),
+        )
+        .await
+    }
+
+    /// Publishes `envelope` for `user` with `event_id` as `Nats-Msg-Id`, after
+    /// checking it ([`CheckedEvent::new`]).
+    pub async fn publish(
+        &self,
+        user: &UserId,
+        envelope: &Envelope,
+        event_id: &str,
+    ) -> Result<Published, PublishError> {
+        let event = CheckedEvent::new(envelope, event_id, self.encoding)?;
+        self.publish_checked(user, &event).await
+    }
+
+    /// The encoding this publisher sends bodies in.
+    pub fn encoding(&self) -> PayloadEncoding {
+        self.encoding
+    }
+
+    /// Publishes an event checked earlier (with [`Self::encoding`]).
+    pub async fn publish_checked(
+        &self,
+        user: &UserId,
+        event: &CheckedEvent,
+    ) -> Result<Published, PublishError> {
+        let subject = user.notify_subject();
+        let event_id = event.event_id();
+        let mut backoff = INITIAL_BACKOFF;
+        let mut last = String::new();
+        for attempt in 1..=DEFAULT_ATTEMPTS {
+            let msg = PublishMessage::build()
+                .payload(event.body.clone())
+                .headers(event.headers.clone());
+            let outcome = match self.js.send_publish(subject.clone(), msg).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(ack) => {
+                    return Ok(Published {
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) if is_transient(e.kind()) => {
+                    tracing::warn!(%subject, event_id, attempt, error = %e, "publish failed; retrying");
+                    last = e.to_string();
+                }
+                Err(e) => return Err(PublishError::Permanent(e.to_string())),
+            }
+            if attempt < DEFAULT_ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        Err(PublishError::Exhausted {
+            attempts: DEFAULT_ATTEMPTS,
+            last,
+        })
+    }
+}
+
+/// Bytes of the header block on the wire, which the server counts against
+/// `max_msg_size`: `NATS/1.0\r\n`, each `Name: value\r\n`, then `\r\n`.
+fn header_len(hdrs: &HeaderMap) -> usize {
+    let lines: usize = hdrs
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2)
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
+}
+
+/// Failures worth retrying: the stream may answer on the next attempt.
+fn is_transient(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending
+    )
+}
+
+#[cfg(test)]
+#[path = "publisher_tests.rs"]
+mod tests;
