@@ -13,3 +13,4 @@ mod signalr_raw;
 mod signalr_stateful;
 mod soak;
 mod worker;
+mod worker_outcomes;

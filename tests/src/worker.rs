@@ -31,8 +31,9 @@ pub struct Behaviour {
     pub delay_ms: AtomicU64,
 }
 
-/// A real HTTP analyzer: 400 for jobs whose `analysisId` starts with `bad-`, 503 as the
-/// behaviour says, else 200 with a result naming the job.
+/// A real HTTP analyzer: 400 for jobs whose `analysisId` starts with `bad-`, a 200
+/// answer over the worker's limit for `huge-`, 503 as the behaviour says, else 200 with
+/// a result naming the job.
 pub struct TestAnalyzer {
     pub url: String,
     pub calls: Arc<AtomicU64>,
@@ -59,6 +60,16 @@ async fn analyze(
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"message": "not a plant photo"})),
+        );
+    }
+    if job["analysisId"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("huge-"))
+    {
+        let padding = "x".repeat(ziraai_worker::analyzer::MAX_BODY);
+        return (
+            StatusCode::OK,
+            Json(json!({"jobId": job["jobId"], "padding": padding})),
         );
     }
     (
