@@ -51,32 +51,38 @@ async fn metrics(worker: &TestWorker) -> String {
 }
 
 #[tokio::test]
-async fn an_oversized_analyzer_answer_is_a_rejection_published_once() {
+async fn oversized_answers_and_results_become_one_rejection_each() {
     let nats = NatsServer::start().await;
     let analyzer = TestAnalyzer::start(Behaviour::default()).await;
     let worker = TestWorker::start(worker_config(&nats, &analyzer, &[])).await;
     let js = async_nats::jetstream::new(nats.client().await);
-    let u = user("huge");
-    submit_job(&js, job("j-huge", "huge-1", &u)).await;
+    // Over the analyzer answer limit (4 MiB), and under it but over one event (64 KiB).
+    let (huge, big) = (user("huge"), user("big"));
+    submit_job(&js, job("j-huge", "huge-1", &huge)).await;
+    submit_job(&js, job("j-big", "big-1", &big)).await;
     let counters = worker.probe.counters.clone();
-    wait_until("job failed", || {
-        counters.failed.load(std::sync::atomic::Ordering::Relaxed) == 1
+    wait_until("both jobs failed", || {
+        counters.failed.load(std::sync::atomic::Ordering::Relaxed) == 2
     })
     .await;
-    let (_, env) = last_event(&nats, &u).await.expect("one event");
-    assert_eq!(env.kind, "analysis.failed");
-    assert_eq!(env.data["error"]["code"], "analysis_rejected");
-    let message = env.data["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("too large"), "{message}");
+    for (u, says) in [(&huge, "answer was too large"), (&big, "65536")] {
+        let (_, env) = last_event(&nats, u).await.expect("one event");
+        assert_eq!(env.kind, "analysis.failed");
+        assert_eq!(env.data["error"]["code"], "analysis_rejected");
+        let message = env.data["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{message}");
+    }
     assert_eq!(
         analyzer.calls.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "not retried"
+        2,
+        "neither retried"
     );
+    let events = job_events(&nats).await;
+    assert_eq!(events.len(), 2, "one event per job: {events:?}");
     let health = worker.health().await;
     assert_eq!(
         (health["published"].as_u64(), health["duplicates"].as_u64()),
-        (Some(1), Some(0))
+        (Some(2), Some(0))
     );
     assert_eq!(health["retried"], 0);
 }

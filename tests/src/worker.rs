@@ -32,8 +32,9 @@ pub struct Behaviour {
 }
 
 /// A real HTTP analyzer: 400 for jobs whose `analysisId` starts with `bad-`, a 200
-/// answer over the worker's limit for `huge-`, 503 as the behaviour says, else 200 with
-/// a result naming the job.
+/// answer over the worker's limit for `huge-`, a result too large for one event (but
+/// under the answer limit) for `big-`, 503 as the behaviour says, else 200 with a
+/// result naming the job.
 pub struct TestAnalyzer {
     pub url: String,
     pub calls: Arc<AtomicU64>,
@@ -67,6 +68,16 @@ async fn analyze(
         .is_some_and(|a| a.starts_with("huge-"))
     {
         let padding = "x".repeat(ziraai_worker::analyzer::MAX_BODY);
+        return (
+            StatusCode::OK,
+            Json(json!({"jobId": job["jobId"], "padding": padding})),
+        );
+    }
+    if job["analysisId"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("big-"))
+    {
+        let padding = "x".repeat(ziraai_common::nats::NOTIFY_MAX_MESSAGE);
         return (
             StatusCode::OK,
             Json(json!({"jobId": job["jobId"], "padding": padding})),

@@ -115,16 +115,20 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome {
     }
 }
 
+/// Longest analyzer message carried into a failed event, in characters.
+const MAX_MESSAGE_CHARS: usize = 500;
+
 /// The analyzer's message: `message` or `error` (string, or object with `message`), or
-/// the body text.
+/// the body text; at most [`MAX_MESSAGE_CHARS`].
 fn message_of(body: &[u8]) -> Option<String> {
+    let short = |s: &str| s.chars().take(MAX_MESSAGE_CHARS).collect();
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         for key in ["message", "error", "detail", "title"] {
             match v.get(key) {
-                Some(Value::String(s)) => return Some(s.clone()),
+                Some(Value::String(s)) => return Some(short(s)),
                 Some(Value::Object(o)) => {
                     if let Some(Value::String(s)) = o.get("message") {
-                        return Some(s.clone());
+                        return Some(short(s));
                     }
                 }
                 _ => {}
@@ -132,7 +136,7 @@ fn message_of(body: &[u8]) -> Option<String> {
         }
     }
     let text = String::from_utf8_lossy(body).trim().to_owned();
-    (!text.is_empty()).then(|| text.chars().take(500).collect())
+    (!text.is_empty()).then(|| short(&text))
 }
 
 #[cfg(test)]
@@ -231,6 +235,11 @@ mod tests {
                 message: "not here".into()
             }
         );
+        let long = json!({"message": "x".repeat(10_000)}).to_string();
+        assert!(matches!(
+            classify(400, long.as_bytes()),
+            Outcome::Rejected { message, .. } if message.len() == MAX_MESSAGE_CHARS
+        ));
         assert!(matches!(classify(503, b""), Outcome::Transient(_)));
         assert!(matches!(classify(500, b"boom"), Outcome::Transient(_)));
     }

@@ -22,10 +22,10 @@ use ziraai_common::config::WorkerConfig;
 use ziraai_common::nats::POISON_ADVISORY_SUBJECT;
 use ziraai_proto::analysis::{AnalysisError, AnalysisOutcome};
 
-use crate::Publisher;
 use crate::analyzer::{Analyzer, Outcome};
 use crate::breaker::Breaker;
 use crate::job::Job;
+use crate::{PublishError, Publisher};
 
 /// How long one pull waits for jobs.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -178,7 +178,7 @@ impl Runner {
                 }
             }
         };
-        let result = match outcome {
+        let mut result = match outcome {
             Outcome::Completed(result) => {
                 self.breaker.success();
                 AnalysisOutcome::completed(job.analysis_id.clone(), job.user_id.clone(), result)
@@ -214,12 +214,25 @@ impl Runner {
                 AnalysisOutcome::failed(job.analysis_id.clone(), job.user_id.clone(), error)
             }
         };
-        let envelope = result.to_envelope();
-        match self
+        let mut published = self
             .publisher
-            .publish(&job.user_id, &envelope, &job.event_id())
-            .await
-        {
+            .publish(&job.user_id, &result.to_envelope(), &job.event_id())
+            .await;
+        if let Err(PublishError::Invalid(why)) = &published {
+            // Retrying cannot help (e.g. a result over the stream's message size): the
+            // user gets a failure that can be delivered instead of nothing.
+            tracing::warn!(job = %job.job_id, error = %why, "outcome cannot be delivered; publishing analysis.failed instead");
+            let error = AnalysisError {
+                code: "analysis_rejected".into(),
+                message: format!("the analysis outcome cannot be delivered: {why}"),
+            };
+            result = AnalysisOutcome::failed(job.analysis_id.clone(), job.user_id.clone(), error);
+            published = self
+                .publisher
+                .publish(&job.user_id, &result.to_envelope(), &job.event_id())
+                .await;
+        }
+        match published {
             Ok(p) => {
                 // Acknowledge only after the PubAck; a lost ack means a redelivery,
                 // whose publish JetStream de-duplicates by the same id.
