@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
 mod auth;
+mod client_numbers;
 mod delivery;
 mod durable;
 mod lifecycle;
