@@ -139,27 +139,25 @@ impl Accepted {
         let Some((protocol, stateful)) = self.open(&mut socket).await else {
             return;
         };
-        let Self {
-            admitted,
-            connection_id,
-            start_after,
-            max_message,
-            ..
-        } = self;
-        let app = admitted.app().clone();
-        let start = admitted
-            .start(Encoding::Hub(protocol), Some(connection_id), start_after)
+        let cfg = &self.admitted.app().cfg;
+        let dialect = SignalrDialect {
+            protocol,
+            keepalive: cfg.signalr_keepalive,
+            client_timeout: cfg.signalr_client_timeout,
+            max_message: self.max_message,
+            stateful,
+        };
+        let start = self
+            .admitted
+            .start(
+                Encoding::Hub(protocol),
+                Some(self.connection_id),
+                self.start_after,
+            )
             .await;
         let Ok(start) = start else {
             close_unavailable(&mut socket, protocol).await;
             return;
-        };
-        let dialect = SignalrDialect {
-            protocol,
-            keepalive: app.cfg.signalr_keepalive,
-            client_timeout: app.cfg.signalr_client_timeout,
-            max_message,
-            stateful,
         };
         start.serve(socket, dialect).await;
     }
