@@ -2,6 +2,7 @@
 
 mod auth;
 mod delivery;
+mod demo_page;
 mod durable;
 mod lifecycle;
 mod polling;
