@@ -145,7 +145,7 @@ async fn the_demo_page_shows_the_backlog_live_events_and_every_event_of_a_gatewa
     let view = page
         .wait_for("reconnecting", |v| v.status.state == "reconnecting")
         .await;
-    assert!(view.banner.contains("econnecting"), "{view:?}");
+    assert!(view.banner.contains("the gateway restarted"), "{view:?}");
     let mut during = Vec::new();
     for disease in ["leaf mold", "healthy", "late blight"] {
         during.push(
