@@ -3,6 +3,7 @@
 mod auth;
 mod client_numbers;
 mod delivery;
+mod demo_page;
 mod durable;
 mod lifecycle;
 mod polling;
