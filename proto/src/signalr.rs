@@ -6,8 +6,6 @@ use serde_json::{Map, Value, json};
 
 /// Record separator ending every JSON hub message and the handshake.
 pub const RS: u8 = 0x1e;
-/// Largest handshake or client message accepted by default (.NET's default).
-pub const DEFAULT_MAX_MESSAGE: usize = 32 * 1024;
 /// Highest hub protocol version accepted (2 enables stateful reconnect).
 pub const MAX_VERSION: u64 = 2;
 

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The limit callers pass: the gateway's configured default
+/// (`ziraai_common::config::DEFAULT_SIGNALR_MAX_MESSAGE`, .NET's 32 KiB). The codec
+/// itself has no default; the limit is always the caller's.
+const MAX_MESSAGE: usize = 32 * 1024;
+
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()
         .map(|b| u8::from_str_radix(b, 16).expect("hex"))
@@ -151,7 +156,7 @@ fn handshakes() {
 #[test]
 fn json_client_messages_batch_and_fail_clearly() {
     let batch = b"{\"type\":6}\x1e{\"type\":1,\"invocationId\":\"1\",\"target\":\"Foo\",\"arguments\":[]}\x1e{\"type\":1,\"target\":\"Bar\",\"arguments\":[]}\x1e{\"type\":8,\"sequenceId\":4}\x1e{\"type\":42}\x1e{\"type\":7}\x1e";
-    let msgs = parse_json_messages(batch, DEFAULT_MAX_MESSAGE).expect("valid");
+    let msgs = parse_json_messages(batch, MAX_MESSAGE).expect("valid");
     assert_eq!(
         msgs,
         vec![
@@ -180,7 +185,7 @@ fn json_client_messages_batch_and_fail_clearly() {
     ] {
         assert!(
             matches!(
-                parse_json_messages(bad, DEFAULT_MAX_MESSAGE),
+                parse_json_messages(bad, MAX_MESSAGE),
                 Err(HubMessageError::Malformed(_))
             ),
             "{}",
@@ -204,7 +209,7 @@ fn msgpack_client_messages_batch_and_fail_clearly() {
     write_varint(old.len(), &mut batch);
     batch.extend(&old);
     batch.extend(hex("03 92 09 03"));
-    let msgs = parse_msgpack_messages(&batch, DEFAULT_MAX_MESSAGE).expect("valid");
+    let msgs = parse_msgpack_messages(&batch, MAX_MESSAGE).expect("valid");
     assert_eq!(
         msgs,
         vec![
@@ -230,7 +235,7 @@ fn msgpack_client_messages_batch_and_fail_clearly() {
     ] {
         assert!(
             matches!(
-                parse_msgpack_messages(&bad, DEFAULT_MAX_MESSAGE),
+                parse_msgpack_messages(&bad, MAX_MESSAGE),
                 Err(HubMessageError::Malformed(_))
             ),
             "{bad:?}"

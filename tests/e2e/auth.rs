@@ -222,3 +222,41 @@ async fn handshakes_are_rate_limited_per_address_and_nothing_else_is() {
     let (status, _) = http_request(gw.addr, "GET", "/api/v1/notifications", Some(&t), None).await;
     assert_eq!(status, 200, "polling is not limited");
 }
+
+/// An `Origin` that is not text (a 0xFF byte) matches no allowed origin, not even `*`:
+/// the socket upgrade and the SignalR preflight both refuse it (fail closed).
+#[tokio::test]
+async fn a_non_utf8_origin_is_refused_on_sockets_and_preflight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[("ZIRAAI_GATEWAY_ALLOWED_ORIGINS", "*")],
+    ))
+    .await;
+    let u = user("origin-bytes");
+    let t = token(&u);
+    let upgrade = format!(
+        "GET /ws?access_token={t} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://\u{0}.example\r\n\r\n"
+    );
+    let preflight = "OPTIONS /hubs/plantanalysis/negotiate HTTP/1.1\r\nHost: x\r\nOrigin: https://\u{0}.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n".to_owned();
+    for (what, request) in [("/ws", upgrade), ("negotiate preflight", preflight)] {
+        // The placeholder NUL becomes the raw byte 0xFF (not UTF-8, valid obs-text).
+        let bytes: Vec<u8> = request
+            .bytes()
+            .map(|b| if b == 0 { 0xff } else { b })
+            .collect();
+        let answer = within("raw exchange", async {
+            let mut s = tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect");
+            s.write_all(&bytes).await.expect("write");
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.expect("read");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{what}: {answer}");
+        assert!(answer.contains("origin_not_allowed"), "{what}: {answer}");
+    }
+}

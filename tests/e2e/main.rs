@@ -1,7 +1,9 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
 mod auth;
+mod client_numbers;
 mod delivery;
+mod demo_page;
 mod durable;
 mod lifecycle;
 mod polling;

@@ -2,6 +2,7 @@
 //! dir, killed on drop), gateways built in-process on `127.0.0.1:0`, real WebSocket
 //! clients, and helpers that wait for conditions with deadlines instead of sleeping.
 
+mod browser;
 mod client;
 mod isolated;
 mod nats_server;
@@ -21,6 +22,7 @@ use ziraai_proto::UserId;
 use ziraai_proto::analysis::{AnalysisId, AnalysisOutcome};
 use ziraai_worker::{Published, Publisher};
 
+pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use nats_server::{NatsServer, PINNED_VERSION};
 pub use proxy::Proxy;

@@ -2,6 +2,7 @@
 //! connection and stream definitions, telemetry set-up and shutdown signals.
 
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod nats;
 pub mod shutdown;

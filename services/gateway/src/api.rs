@@ -16,7 +16,8 @@ use ziraai_common::nats::DELIVERY_STREAM;
 use ziraai_proto::{DeviceId, UserId};
 
 use crate::AppState;
-use crate::http::{ApiError, authenticate, refuse};
+use crate::error::{ApiError, refuse, unavailable};
+use crate::request_auth::authenticate;
 
 /// Events per poll when `limit` is not given.
 pub(crate) const DEFAULT_POLL_LIMIT: usize = 100;
@@ -54,7 +55,7 @@ fn sequence(query: &HashMap<String, String>, key: &str) -> Result<u64, ApiError>
 
 /// `GET /api/v1/notifications?since=<seq>&limit=<n>`: the caller's events after
 /// `since`, oldest first, as the socket sends them; `next` is the `since` of the next
-/// poll.
+/// poll, never beyond the stream's last sequence.
 pub(crate) async fn poll(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -76,6 +77,12 @@ pub(crate) async fn poll(
             events.push(frame);
         }
     }
+    if next == since && since > 0 {
+        // Nothing after `since`: a `since` beyond the stream's end (a client number up
+        // to u64::MAX) comes back as the end, so the next poll sees new events.
+        let bounds = app.store.bounds().await.map_err(|e| unavailable(&e))?;
+        next = since.min(bounds.last_seq);
+    }
     Ok(Json(json!({ "events": events, "next": next })).into_response())
 }
 
@@ -88,7 +95,8 @@ pub(crate) struct AckBody {
 
 /// `POST /api/v1/notifications/ack` with `{"deviceId": …, "seq": …}`: advances the
 /// device's cursor (the same one socket acks advance), never backwards and never past
-/// the user's latest event.
+/// the user's latest event: a `seq` beyond it (up to u64::MAX) is clamped to it, so the
+/// cursor never exceeds the stream's last sequence.
 pub(crate) async fn ack(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -164,7 +172,11 @@ pub(crate) async fn deliveries(
     let mut records = Vec::new();
     let mut next = after;
     while records.len() < limit {
-        let read = stream.direct_get_next_for_subject(filter.clone(), Some(next + 1));
+        // No record is above u64::MAX: an `after` there reads nothing.
+        let Some(from) = next.checked_add(1) else {
+            break;
+        };
+        let read = stream.direct_get_next_for_subject(filter.clone(), Some(from));
         match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(Ok(m)) => {
                 next = m.sequence;
@@ -176,8 +188,4 @@ pub(crate) async fn deliveries(
         }
     }
     Ok(Json(json!({ "userId": user, "records": records, "next": next })).into_response())
-}
-
-fn unavailable(e: &dyn std::fmt::Display) -> ApiError {
-    refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e)
 }

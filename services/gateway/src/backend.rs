@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ziraai_proto::{DeviceId, UserId};
 
 use crate::cursors::Cursors;
-use crate::delivery::Event;
+use crate::event::Event;
 use crate::session::Backend;
 use crate::store::EventStore;
 use crate::tracking::{TrackKind, TrackRecord, Tracking};

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::Html;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
 use secrecy::SecretString;
 use ziraai_common::GatewayServiceConfig;
 
@@ -32,15 +33,52 @@ impl Demo {
     }
 }
 
-pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Html<String> {
+/// What the page may load: only itself and its own origin (polling and the socket).
+/// Scripts need the per-response nonce, so markup that slipped into the page could not
+/// run (the page itself shows event data only as text).
+fn content_security_policy(nonce: &str) -> String {
+    format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'"
+    )
+}
+
+pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Response {
     let Some(demo) = &app.demo else {
-        return Html(String::new());
+        return Html(String::new()).into_response();
     };
     let token = crate::auth::mint(&demo.secret, &demo.user, DEMO_TOKEN_TTL_SECS);
-    Html(
-        include_str!("demo.html")
-            .replace("{{TOKEN}}", &token)
-            .replace("{{USER}}", &demo.user)
-            .replace("{{NATS_URL}}", &demo.nats_url),
+    let nonce = nuid::next().to_string();
+    let html = include_str!("demo.html")
+        .replace("{{NONCE}}", &nonce)
+        .replace("{{TOKEN}}", &js_string(&token))
+        .replace("{{USER}}", &js_string(&demo.user))
+        .replace("{{NATS_URL}}", &js_string(&demo.nats_url));
+    (
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                content_security_policy(&nonce),
+            ),
+            // The page embeds a token: never cache it.
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Html(html),
     )
+        .into_response()
+}
+
+/// `s` as a JavaScript string literal that cannot end the inline `<script>`.
+fn js_string(s: &str) -> String {
+    serde_json::Value::from(s)
+        .to_string()
+        .replace('<', "\\u003c")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_cannot_leave_the_script() {
+        assert_eq!(super::js_string("a\"</script>"), r#""a\"\u003c/script>""#);
+    }
 }

@@ -1,22 +1,22 @@
-//! The HTTP surface: routes, authentication of requests, health endpoints.
-//!
-//! Every refusal is JSON `{"error": <code>, "message": <text>}` with a fitting status.
+//! The HTTP surface: the routes (with the handshake rate limit) and the gateway's
+//! health and metrics, in the shape both services share (`ziraai_common::health`).
+//! Handlers live in their own modules; refusals are [`crate::error::ApiError`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use ziraai_common::metrics::{Exposition, IpRange};
+use ziraai_common::health::{self, Readiness};
+use ziraai_common::metrics::Exposition;
 use ziraai_common::nats::NOTIFY_STREAM;
 
 use crate::AppState;
-use crate::auth::{AuthError, Identity, token_from};
+use crate::error::refuse;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // Handshakes are what a misbehaving client repeats: rate-limited per client IP
@@ -60,10 +60,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             axum::routing::post(crate::api::ack),
         )
         .route("/api/v1/admin/deliveries", get(crate::api::deliveries))
-        .route(
-            "/health/live",
-            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "live"}))) }),
-        )
+        .route("/health/live", get(|| async { health::live() }))
         .route("/health/ready", get(ready))
         .route("/health", get(health))
         .route("/metrics", get(metrics));
@@ -74,72 +71,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     r.with_state(state)
 }
 
-/// A JSON error response.
-/// A refused request: the one place errors become HTTP responses.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: String,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    /// Adds a `Retry-After` header (seconds).
-    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            axum::Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
-        if let Some(secs) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        }
-        r
-    }
-}
-
-/// A JSON refusal `{"error": code, "message": message}` with `status`.
-pub(crate) fn refuse(status: StatusCode, code: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError {
-        status,
-        code: code.to_owned(),
-        message: message.to_string(),
-        retry_after: None,
-    }
-}
-
-/// Authenticates a request by its bearer header or `access_token` query parameter.
-pub(crate) fn authenticate(
-    app: &AppState,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Result<Identity, ApiError> {
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some(token) = token_from(authz, query.get("access_token").map(String::as_str)) else {
-        return Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "token_missing",
-            AuthError::Missing,
-        ));
-    };
-    app.auth
-        .verify(&token)
-        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.code(), &e))
-}
-
-/// What readiness lacks, empty when ready.
-async fn missing(app: &AppState) -> Vec<&'static str> {
+/// What readiness lacks.
+async fn readiness(app: &AppState) -> Readiness {
     let mut missing = Vec::new();
     if app.shutdown.is_cancelled() {
         missing.push("draining");
@@ -157,27 +90,15 @@ async fn missing(app: &AppState) -> Vec<&'static str> {
             missing.push("stream NOTIFY");
         }
     }
-    missing
+    Readiness::missing(missing)
 }
 
 async fn ready(State(app): State<Arc<AppState>>) -> Response {
-    let missing = missing(&app).await;
-    if missing.is_empty() {
-        (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not ready", "missing": missing})),
-        )
-            .into_response()
-    }
+    readiness(&app).await.into_response()
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let missing = missing(&app).await;
-    let body = json!({
-        "status": if missing.is_empty() { "ready" } else { "not ready" },
-        "missing": missing,
+    readiness(&app).await.with_details(json!({
         "environment": app.env.as_str(),
         "gatewayId": app.gateway_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -189,26 +110,16 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
         "connections": app.connections.load(Ordering::Relaxed),
         "users": app.hub.users(),
         "delivery": app.stats.snapshot(),
-    });
-    let status = if missing.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
+    }))
 }
 
 /// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
 async fn metrics(
     State(app): State<Arc<AppState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-) -> Result<Response, ApiError> {
-    if !IpRange::any_contains(&app.metrics_allow, peer.ip()) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "metrics are not served to this address",
-        ));
+) -> Response {
+    if let Err(refused) = health::metrics_allowed(&app.metrics_allow, peer.ip()) {
+        return refused.into_response();
     }
     let st = &app.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -269,5 +180,5 @@ async fn metrics(
             get(&st.tracking_dropped),
         )
         .finish();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    health::metrics_text(text)
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ziraai_proto::UserId;
 
-use crate::delivery::{Encoding, Event, Stats};
+use crate::event::{Encoding, Event, Stats};
 use crate::session::SocketCtl;
 
 /// Why a socket could not join its user's channel.
@@ -67,6 +67,8 @@ pub struct Hub {
     next_socket: AtomicU64,
     tracker: TaskTracker,
     stats: Arc<Stats>,
+    /// Log each delivery batch at info level (development), debug otherwise.
+    log_deliveries: bool,
 }
 
 /// A socket's place in its user's channel.
@@ -86,11 +88,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
+    /// `log_deliveries`: one info line per delivered event (`make run` in development
+    /// shows them); a debug line otherwise.
     pub fn new(
         client: Client,
         gateway_id: &str,
         tracker: TaskTracker,
         stats: Arc<Stats>,
+        log_deliveries: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -99,6 +104,7 @@ impl Hub {
             next_socket: AtomicU64::new(1),
             tracker,
             stats,
+            log_deliveries,
         })
     }
 
@@ -132,6 +138,7 @@ impl Hub {
                     self.barrier_subject.clone(),
                     channel.clone(),
                     self.stats.clone(),
+                    self.log_deliveries,
                 ));
                 channel
             })
@@ -210,6 +217,7 @@ async fn run_channel(
     barrier_subject: String,
     channel: Arc<UserChannel>,
     stats: Arc<Stats>,
+    log_deliveries: bool,
 ) {
     let subject = channel.user.live_subject();
     let subscribed = tokio::select! {
@@ -236,7 +244,7 @@ async fn run_channel(
             biased;
             _ = channel.stop.cancelled() => break,
             msg = sub.next() => match msg {
-                Some(msg) => fan_out(&channel, &msg, &stats),
+                Some(msg) => fan_out(&channel, &msg, &stats, log_deliveries),
                 None => break,
             },
         }
@@ -261,7 +269,7 @@ async fn barrier(client: &Client, subject: &str) -> Result<(), async_nats::Error
     }
 }
 
-fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
+fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats, log: bool) {
     let Some(event) = Event::from_live(msg) else {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         return;
@@ -270,18 +278,26 @@ fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats) {
         // Still handed on, so sockets move past its sequence without a gap fetch.
         stats.malformed.fetch_add(1, Ordering::Relaxed);
     }
+    let seq = event.seq;
     let event = Arc::new(event);
+    let mut queued = 0_usize;
     let sockets = lock(&channel.sockets);
     for slot in sockets.iter() {
         // Encode for this protocol once, in the fan-out task rather than per socket.
         let _ = event.encoded(slot.encoding);
         match slot.tx.try_send(event.clone()) {
-            Ok(()) => {
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => queued += 1,
             Err(mpsc::error::TrySendError::Full(_)) => slot.ctl.queue_full(),
             // The socket is ending; its membership leaves on drop.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+    drop(sockets);
+    stats.delivered.fetch_add(queued as u64, Ordering::Relaxed);
+    let user = &channel.user;
+    if log {
+        tracing::info!(user = %user, seq, sockets = queued, "delivered");
+    } else {
+        tracing::debug!(user = %user, seq, sockets = queued, "delivered");
     }
 }

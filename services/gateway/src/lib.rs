@@ -9,12 +9,15 @@ mod api;
 pub mod auth;
 mod backend;
 pub mod cursors;
-pub mod delivery;
 mod demo;
+mod error;
+pub mod event;
 mod http;
 pub mod hub;
+mod request_auth;
 pub mod session;
 pub mod signalr;
+mod socket;
 pub mod store;
 pub mod tracking;
 pub mod watch;
@@ -35,7 +38,7 @@ use ziraai_common::nats;
 
 use crate::auth::Authenticator;
 use crate::cursors::Cursors;
-use crate::delivery::Stats;
+use crate::event::Stats;
 use crate::hub::Hub;
 use crate::store::EventStore;
 use crate::tracking::Tracking;
@@ -114,7 +117,13 @@ impl App {
             auth: Authenticator::new(&config.auth.jwt_secret),
             auth_secret: config.auth.jwt_secret.clone(),
             metrics_allow: config.metrics_allow.clone(),
-            hub: Hub::new(client.clone(), &gateway_id, tracker.clone(), stats.clone()),
+            hub: Hub::new(
+                client.clone(),
+                &gateway_id,
+                tracker.clone(),
+                stats.clone(),
+                config.env == Environment::Development,
+            ),
             cfg: config.gateway,
             client,
             js,

@@ -18,7 +18,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Encoding, Event, Stats};
+use crate::event::{Encoding, Event, Stats};
 use crate::tracking::TrackKind;
 
 mod conn;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use ziraai_proto::{Protocol, ServerFrame};
 
 use super::*;
-use crate::delivery::{Event, Stats};
+use crate::event::{Event, Stats};
 use crate::tracking::TrackKind;
 
 /// The user's stored events, cursor writes and tracking records, in memory.

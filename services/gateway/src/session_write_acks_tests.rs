@@ -11,7 +11,7 @@ use ziraai_proto::{Protocol, ServerFrame};
 
 use super::tests::{LIMITS, MemBackend, PING_INTERVAL, TestSocket, store};
 use super::*;
-use crate::delivery::Stats;
+use crate::event::Stats;
 
 /// The native dialect, but counting written events as received (as SignalR does).
 struct WriteAcks(native::NativeDialect);
@@ -20,7 +20,7 @@ impl Dialect for WriteAcks {
     fn greeting(&self) -> Option<Message> {
         self.0.greeting()
     }
-    fn encoding(&self) -> crate::delivery::Encoding {
+    fn encoding(&self) -> crate::event::Encoding {
         self.0.encoding()
     }
     async fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {

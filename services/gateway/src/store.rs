@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use ziraai_common::nats::NOTIFY_STREAM;
 use ziraai_proto::UserId;
 
-use crate::delivery::Event;
+use crate::event::Event;
 
 /// Bound of one read from the stream.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,11 +45,15 @@ impl EventStore {
         })
     }
 
-    /// The first event of `user` with a sequence above `after`, `None` past the end.
+    /// The first event of `user` with a sequence above `after`, `None` past the end
+    /// (and for `after = u64::MAX`, which no sequence is above).
     pub async fn next_after(&self, user: &UserId, after: u64) -> Result<Option<Event>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(None);
+        };
         let read = self
             .stream
-            .direct_get_next_for_subject(user.notify_subject(), Some(after + 1));
+            .direct_get_next_for_subject(user.notify_subject(), Some(from));
         match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => Err(StoreError("timed out".into())),
             Ok(Ok(m)) => Ok(Some(Event::decode(

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ziraai_proto::UserId;
 
-use crate::delivery::Stats;
+use crate::event::Stats;
 
 /// Records waiting to be published, per gateway.
 pub const TRACKING_QUEUE: usize = 16 * 1024;

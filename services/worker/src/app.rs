@@ -10,13 +10,13 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use ziraai_common::WorkerServiceConfig;
+use ziraai_common::health::{self, Readiness};
 use ziraai_common::nats;
 
 use crate::Publisher;
@@ -108,10 +108,7 @@ impl WorkerApp {
             stopping: stop.clone(),
         };
         let router = Router::new()
-            .route(
-                "/health/live",
-                get(|| async { axum::Json(json!({"status": "live"})) }),
-            )
+            .route("/health/live", get(|| async { health::live() }))
             .route("/health/ready", get(ready))
             .route("/health", get(details))
             .route("/metrics", get(metrics))
@@ -159,7 +156,7 @@ impl WorkerApp {
     }
 }
 
-fn missing(h: &HealthState) -> Vec<&'static str> {
+fn readiness(h: &HealthState) -> Readiness {
     let mut missing = Vec::new();
     if h.stopping.is_cancelled() {
         missing.push("stopping");
@@ -170,21 +167,15 @@ fn missing(h: &HealthState) -> Vec<&'static str> {
     if h.probe.breaker.state() != BreakerState::Closed {
         missing.push("analyzer (circuit breaker open)");
     }
-    missing
+    Readiness::missing(missing)
 }
 
 async fn ready(State(h): State<HealthState>) -> Response {
-    let missing = missing(&h);
-    let status = if missing.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(json!({"status": if missing.is_empty() { "ready" } else { "not ready" }, "missing": missing}))).into_response()
+    readiness(&h).into_response()
 }
 
 async fn details(State(h): State<HealthState>) -> Response {
-    let missing = missing(&h);
+    let readiness = readiness(&h);
     let pending = match tokio::time::timeout(
         std::time::Duration::from_secs(2),
         h.consumer.get_info(),
@@ -199,8 +190,6 @@ async fn details(State(h): State<HealthState>) -> Response {
     let c = &h.probe.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let body = json!({
-        "status": if missing.is_empty() { "ready" } else { "not ready" },
-        "missing": missing,
         "version": env!("CARGO_PKG_VERSION"),
         "breaker": {"state": h.probe.breaker.state().as_str(), "timesOpened": h.probe.breaker.times_opened()},
         "jobs": pending,
@@ -213,12 +202,7 @@ async fn details(State(h): State<HealthState>) -> Response {
         "published": get(&c.published),
         "duplicates": get(&c.duplicates),
     });
-    let status = if missing.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
+    readiness.with_details(body)
 }
 
 /// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
@@ -226,14 +210,8 @@ async fn metrics(
     State(h): State<HealthState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !ziraai_common::metrics::IpRange::any_contains(&h.metrics_allow, peer.ip()) {
-        return (
-            StatusCode::FORBIDDEN,
-            axum::Json(
-                json!({"error": "forbidden", "message": "metrics are not served to this address"}),
-            ),
-        )
-            .into_response();
+    if let Err(refused) = health::metrics_allowed(&h.metrics_allow, peer.ip()) {
+        return refused.into_response();
     }
     let c = &h.probe.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -300,12 +278,5 @@ async fn metrics(
             h.probe.breaker.times_opened(),
         )
         .finish();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
-    )
-        .into_response()
+    health::metrics_text(text)
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Backend, CloseReason, Dialect, Inbound, Session, SocketCtl, SocketError, Stop};
-use crate::delivery::Event;
+use crate::event::Event;
 use crate::tracking::TrackKind;
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};

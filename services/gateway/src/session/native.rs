@@ -8,7 +8,7 @@ use axum::extract::ws::{CloseFrame, Message};
 use ziraai_proto::{ClientFrame, ClientFrameError, Protocol, ServerFrame};
 
 use super::{CloseReason, Dialect, Inbound, Keepalive};
-use crate::delivery::Encoding;
+use crate::event::{Encoding, native_frame};
 
 /// Close codes the gateway sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -28,14 +28,6 @@ pub struct NativeDialect {
     pub welcome: ServerFrame,
     /// WebSocket ping interval; a client silent for three intervals is closed.
     pub ping_interval: Duration,
-}
-
-/// Encodes a frame in the socket's protocol.
-pub(crate) fn encode(frame: &ServerFrame, protocol: Protocol) -> Message {
-    match protocol {
-        Protocol::Json => Message::Text(frame.to_json().into()),
-        Protocol::MsgPack => Message::Binary(frame.to_msgpack().into()),
-    }
 }
 
 impl CloseReason {
@@ -88,7 +80,7 @@ impl CloseReason {
 
 impl Dialect for NativeDialect {
     fn greeting(&self) -> Option<Message> {
-        Some(encode(&self.welcome, self.protocol))
+        Some(native_frame(&self.welcome, self.protocol))
     }
 
     fn encoding(&self) -> Encoding {
@@ -102,7 +94,9 @@ impl Dialect for NativeDialect {
             _ => return Vec::new(),
         };
         vec![match frame {
-            Ok(ClientFrame::Ping) => Inbound::Reply(encode(&ServerFrame::Pong, self.protocol)),
+            Ok(ClientFrame::Ping) => {
+                Inbound::Reply(native_frame(&ServerFrame::Pong, self.protocol))
+            }
             Ok(ClientFrame::Ack { seq }) => Inbound::Ack(seq),
             Err(ClientFrameError::Undecodable(what)) => Inbound::Close(CloseReason::Undecodable(
                 format!("frame is not valid {what}"),
@@ -134,7 +128,7 @@ impl Dialect for NativeDialect {
                 code: code.into(),
                 message,
             };
-            out.push(encode(&frame, self.protocol));
+            out.push(native_frame(&frame, self.protocol));
         }
         out.push(Message::Close(Some(CloseFrame {
             code,

@@ -15,22 +15,21 @@ use ziraai_proto::signalr::{
     ClientMessage, Handshake, HandshakeError, HubProtocol, ServerMessage, handshake_response,
     parse_handshake, parse_messages,
 };
+use ziraai_proto::{DeviceId, UserId};
 
 use super::dialect::{CLOSED_WITH_ERROR, SignalrDialect};
 use super::stateful::{Record, Stateful, protocol_name};
 use super::token;
 use crate::AppState;
-use crate::delivery::{Encoding, hub_frame};
-use crate::http::{ApiError, refuse};
+use crate::error::{ApiError, refuse, unavailable};
+use crate::event::{Encoding, hub_frame};
 use crate::session::close_code;
-use crate::ws::{
-    ResumePoint, admit, nats_backend, resume_params, resume_point, serve_socket, session_for,
-};
+use crate::socket::{Admitted, admit, resume_params, resume_point, sized};
 
 /// .NET's `HandshakeTimeout`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Socket buffers, as for `/ws` (small: clients send little).
-const BUFFER: usize = 4 * 1024;
+/// Frames may batch several messages; each message is checked against the limit.
+const MESSAGES_PER_FRAME: usize = 4;
 
 pub(crate) async fn upgrade(
     State(app): State<Arc<AppState>>,
@@ -38,141 +37,181 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let identity = admit(&app, &headers, &query)?;
-    let user = identity.user_id;
-    let unknown = || {
-        refuse(
-            StatusCode::NOT_FOUND,
-            "unknown_connection",
-            "No Connection with that ID",
-        )
-    };
-    let unavailable = |e: String| refuse(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", e);
-    // With negotiate, `id` names the connection; without (skipNegotiation), a new one.
-    let (connection_id, stateful): (Arc<str>, bool) = match query.get("id") {
-        Some(id) => {
-            let claims = token::verify(&app.auth_secret, id).ok_or_else(unknown)?;
-            if claims.uid != user.as_str() {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    "connection_of_another_user",
-                    "the connection was negotiated for another user",
-                ));
-            }
-            (claims.cid.into(), claims.sr)
-        }
-        None => (nuid::next().to_string().into(), false),
-    };
-    // A stateful connection that already has a record is resuming: no handshake.
-    let resuming = if stateful {
-        app.resumes.get(&connection_id).await.map_err(unavailable)?
-    } else {
-        None
-    };
+    let user = admit(&app, &headers, &query)?.user_id;
+    let (connection_id, stateful) = identify_connection(&app, &user, query.get("id"))?;
+    let resuming = load_resume_record(&app, &connection_id, stateful).await?;
     let (since, device) = resume_params(&query)?;
     let ws = ws.map_err(|e| refuse(e.status(), "not_a_websocket", e.body_text()))?;
-    let start = match &resuming {
-        Some(record) if record.user != user.as_str() => {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "connection_of_another_user",
-                "the connection belongs to another user",
-            ));
-        }
-        // A Completion is unacknowledged: numbering cannot be rebuilt; full reconnect.
-        Some(record) if record.dirty || record.protocol().is_none() => return Err(unknown()),
-        Some(record) => ResumePoint {
-            start_after: record.seq,
-            gap: false,
-            oldest_available: None,
-        },
-        None => resume_point(&app, &user, since, device.as_ref()).await?,
+    let start_after = choose_start(&app, &user, resuming.as_ref(), since, device.as_ref()).await?;
+    let max_message = app.cfg.signalr_max_message;
+    let ws = sized(ws, max_message * MESSAGES_PER_FRAME);
+    let accepted = Accepted {
+        admitted: Admitted::new(app, user, device),
+        connection_id,
+        stateful,
+        resuming,
+        start_after,
+        max_message,
     };
-    let max = app.cfg.signalr_max_message;
-    let ws = ws
-        .read_buffer_size(BUFFER)
-        .write_buffer_size(BUFFER)
-        .max_write_buffer_size(1024 * 1024)
-        // Frames may batch several messages; each message is checked against `max`.
-        .max_message_size(max * 4)
-        .max_frame_size(max * 4);
-    let tracked = app.tracker.token();
-    Ok(ws.on_upgrade(move |mut socket: WebSocket| async move {
-        let (protocol, stateful) = match resuming {
-            Some(record) => {
-                let Some(protocol) = record.protocol() else {
-                    return;
-                };
-                if !resume_sequence(&mut socket, protocol, record.acked, max).await {
-                    return;
-                }
-                let st = Stateful::new(app.resumes.clone(), connection_id.clone(), record);
-                (protocol, Some(st))
-            }
-            None => {
-                let Some(handshake) = handshake(&mut socket, max).await else {
-                    return;
-                };
-                let st = if stateful && handshake.version >= 2 {
-                    let record = Record {
-                        user: user.to_string(),
-                        protocol: protocol_name(handshake.protocol).into(),
-                        acked: 0,
-                        seq: start.start_after,
-                        dirty: false,
-                    };
-                    let st = Stateful::new(app.resumes.clone(), connection_id.clone(), record);
-                    st.persist().await;
-                    Some(st)
-                } else {
-                    None
-                };
-                (handshake.protocol, st)
-            }
-        };
-        let membership = app.hub.join(
-            user.clone(),
-            Encoding::Hub(protocol),
-            app.cfg.outbound_queue,
-        );
-        if let Err(e) = membership.guard.ready(app.cfg.subscribe_timeout).await {
-            tracing::warn!(user = %user, error = %e, "cannot subscribe for a new hub connection");
-            let close = ServerMessage::Close {
-                error: Some(CLOSED_WITH_ERROR),
-                allow_reconnect: true,
-            };
-            let _ = socket
-                .send(hub_frame(protocol, close.encode(protocol)))
-                .await;
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: close_code::NORMAL,
-                    reason: "".into(),
-                })))
-                .await;
+    Ok(ws.on_upgrade(move |socket: WebSocket| accepted.serve(socket)))
+}
+
+fn unknown_connection() -> ApiError {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "unknown_connection",
+        "No Connection with that ID",
+    )
+}
+
+fn another_users_connection(detail: &str) -> ApiError {
+    refuse(StatusCode::FORBIDDEN, "connection_of_another_user", detail)
+}
+
+/// With negotiate, `id` (the connection token) names the connection and says whether
+/// it is stateful; without (skipNegotiation), the connection is new and stateless.
+fn identify_connection(
+    app: &AppState,
+    user: &UserId,
+    id: Option<&String>,
+) -> Result<(Arc<str>, bool), ApiError> {
+    let Some(id) = id else {
+        return Ok((nuid::next().to_string().into(), false));
+    };
+    let claims = token::verify(&app.auth_secret, id).ok_or_else(unknown_connection)?;
+    if claims.uid != user.as_str() {
+        return Err(another_users_connection(
+            "the connection was negotiated for another user",
+        ));
+    }
+    Ok((claims.cid.into(), claims.sr))
+}
+
+/// A stateful connection that already has a record is resuming (no handshake).
+async fn load_resume_record(
+    app: &AppState,
+    connection_id: &str,
+    stateful: bool,
+) -> Result<Option<Record>, ApiError> {
+    if !stateful {
+        return Ok(None);
+    }
+    app.resumes
+        .get(connection_id)
+        .await
+        .map_err(|e| unavailable(&e))
+}
+
+/// Where the session starts: after the record's last acknowledged event when
+/// resuming, else the same resume point as `/ws`.
+async fn choose_start(
+    app: &AppState,
+    user: &UserId,
+    resuming: Option<&Record>,
+    since: Option<u64>,
+    device: Option<&DeviceId>,
+) -> Result<u64, ApiError> {
+    match resuming {
+        Some(record) if record.user != user.as_str() => Err(another_users_connection(
+            "the connection belongs to another user",
+        )),
+        // A Completion is unacknowledged: numbering cannot be rebuilt; full reconnect.
+        Some(record) if record.dirty || record.protocol().is_none() => Err(unknown_connection()),
+        Some(record) => Ok(record.seq),
+        None => Ok(resume_point(app, user, since, device).await?.start_after),
+    }
+}
+
+/// A hub connection admitted before the upgrade; [`Accepted::serve`] runs after it.
+struct Accepted {
+    admitted: Admitted,
+    connection_id: Arc<str>,
+    /// Negotiated with `useStatefulReconnect`.
+    stateful: bool,
+    resuming: Option<Record>,
+    start_after: u64,
+    max_message: usize,
+}
+
+impl Accepted {
+    /// After the upgrade: handshake (or resume), join the user's channel, serve.
+    async fn serve(mut self, mut socket: WebSocket) {
+        let Some((protocol, stateful)) = self.open(&mut socket).await else {
             return;
-        }
-        let backend = nats_backend(&app, &user, device, &connection_id);
-        let session = session_for(&app, start.start_after, backend);
+        };
+        let cfg = &self.admitted.app().cfg;
         let dialect = SignalrDialect {
             protocol,
-            keepalive: app.cfg.signalr_keepalive,
-            client_timeout: app.cfg.signalr_client_timeout,
-            max_message: max,
+            keepalive: cfg.signalr_keepalive,
+            client_timeout: cfg.signalr_client_timeout,
+            max_message: self.max_message,
             stateful,
         };
-        serve_socket(
-            app,
-            socket,
-            membership,
-            session,
-            dialect,
-            tracked,
-            connection_id,
-            user,
-        )
-        .await;
-    }))
+        let start = self
+            .admitted
+            .start(
+                Encoding::Hub(protocol),
+                Some(self.connection_id),
+                self.start_after,
+            )
+            .await;
+        let Ok(start) = start else {
+            close_unavailable(&mut socket, protocol).await;
+            return;
+        };
+        start.serve(socket, dialect).await;
+    }
+
+    /// The hub handshake for a new connection (with a stateful record when version 2
+    /// was negotiated), or the `Sequence` exchange for a resuming one; `None` when the
+    /// socket ended or was refused.
+    async fn open(&mut self, socket: &mut WebSocket) -> Option<(HubProtocol, Option<Stateful>)> {
+        let resumes = &self.admitted.app().resumes;
+        if let Some(record) = self.resuming.take() {
+            let protocol = record.protocol()?;
+            if !resume_sequence(socket, protocol, record.acked, self.max_message).await {
+                return None;
+            }
+            let st = Stateful::new(resumes.clone(), self.connection_id.clone(), record);
+            return Some((protocol, Some(st)));
+        }
+        let handshake = handshake(socket, self.max_message).await?;
+        if !(self.stateful && handshake.version >= 2) {
+            return Some((handshake.protocol, None));
+        }
+        let record = Record {
+            user: self.admitted.user().to_string(),
+            protocol: protocol_name(handshake.protocol).into(),
+            acked: 0,
+            seq: self.start_after,
+            dirty: false,
+        };
+        let st = Stateful::new(resumes.clone(), self.connection_id.clone(), record);
+        st.persist().await;
+        Some((handshake.protocol, Some(st)))
+    }
+}
+
+/// The user's subscription could not be made: a hub Close that allows reconnecting,
+/// then the WebSocket close.
+async fn close_unavailable(socket: &mut WebSocket, protocol: HubProtocol) {
+    let close = ServerMessage::Close {
+        error: Some(CLOSED_WITH_ERROR),
+        allow_reconnect: true,
+    };
+    if socket
+        .send(hub_frame(protocol, close.encode(protocol)))
+        .await
+        .is_ok()
+    {
+        let close = Message::Close(Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        }));
+        if let Err(e) = socket.send(close).await {
+            tracing::debug!(error = %e, "close after a failed subscribe not sent");
+        }
+    }
 }
 
 /// Resume of a stateful connection: the client's first message is `Sequence`; the
@@ -200,7 +239,7 @@ async fn resume_sequence(
         tracing::debug!("resume without a leading Sequence message; closing");
         return false;
     }
-    let sequence = ServerMessage::Sequence(acked + 1).encode(protocol);
+    let sequence = ServerMessage::Sequence(acked.saturating_add(1)).encode(protocol);
     socket.send(hub_frame(protocol, sequence)).await.is_ok()
 }
 

@@ -8,7 +8,7 @@ use ziraai_proto::signalr::{
 };
 
 use super::stateful::Stateful;
-use crate::delivery::{Encoding, hub_frame};
+use crate::event::{Encoding, hub_frame};
 use crate::session::close_code;
 use crate::session::{CloseReason, Dialect, Inbound, Keepalive};
 

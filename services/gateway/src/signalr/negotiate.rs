@@ -12,7 +12,8 @@ use serde_json::json;
 
 use super::token;
 use crate::AppState;
-use crate::http::{ApiError, authenticate, refuse};
+use crate::error::ApiError;
+use crate::request_auth::{authenticate, check_origin};
 
 /// Headers the browser client sends with negotiate (they trigger a CORS preflight).
 const ALLOWED_HEADERS: &str = "authorization, x-requested-with, x-signalr-user-agent, content-type";
@@ -22,22 +23,11 @@ fn cors(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<Vec<(header::HeaderName, HeaderValue)>, ApiError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
+    let origin = headers.get(header::ORIGIN);
+    check_origin(&app.cfg.allowed_origins, origin)?;
+    let Some(origin) = origin else {
         return Ok(Vec::new());
     };
-    let text = origin.to_str().unwrap_or("");
-    let allowed = app
-        .cfg
-        .allowed_origins
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(text));
-    if !allowed {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            format!("origin {text:?} is not allowed"),
-        ));
-    }
     // Credentials are included by the client: echo the origin, never `*`.
     Ok(vec![
         (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),

@@ -1,4 +1,6 @@
-//! From a stored or republished NATS message to an event, and the counters of that path.
+//! The event model: from a stored or republished NATS message to an [`Event`], its
+//! encodings for sockets (native frames and hub invocations, each built here and only
+//! here), and the counters of that path.
 //!
 //! Messages on `live.<userId>` carry the stream sequence in `Nats-Sequence` and the
 //! previous sequence of the same user in `Nats-Last-Sequence` (both added by the
@@ -137,10 +139,7 @@ impl Event {
         let cell = &self.encoded[encoding.index()];
         Some(
             cell.get_or_init(|| match encoding {
-                Encoding::Native(Protocol::Json) => Message::Text(frame.to_json().into()),
-                Encoding::Native(Protocol::MsgPack) => {
-                    Message::Binary(Bytes::from(frame.to_msgpack()))
-                }
+                Encoding::Native(protocol) => native_frame(frame, protocol),
                 Encoding::Hub(protocol) => {
                     let ServerFrame::Event(e) = frame else {
                         // Only event frames are stored in an Event.
@@ -156,6 +155,15 @@ impl Event {
             })
             .clone(),
         )
+    }
+}
+
+/// A native frame in the WebSocket frame type of `protocol`: text for JSON, binary for
+/// MessagePack. Events, the welcome, pongs and error frames all go through here.
+pub(crate) fn native_frame(frame: &ServerFrame, protocol: Protocol) -> Message {
+    match protocol {
+        Protocol::Json => Message::Text(frame.to_json().into()),
+        Protocol::MsgPack => Message::Binary(Bytes::from(frame.to_msgpack())),
     }
 }
 

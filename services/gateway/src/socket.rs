@@ -1,0 +1,277 @@
+//! What `/ws` and the SignalR hub share around a socket: admission, the resume
+//! parameters and resume point, the socket's buffer sizes, and the session start
+//! ([`Admitted::start`] → [`SocketStart::serve`]), so both endpoints open, count and
+//! close their sockets the same way.
+//!
+//! Every refusal here is decided before the upgrade, so a refused client never gets a
+//! socket (or a subscription).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use ziraai_proto::{DeviceId, UserId};
+
+use crate::AppState;
+use crate::auth::Identity;
+use crate::backend::NatsBackend;
+use crate::error::{ApiError, refuse, unavailable};
+use crate::event::Encoding;
+use crate::hub::{JoinError, Membership};
+use crate::request_auth::{authenticate, check_origin};
+use crate::session::{self, CloseReason, Dialect, Session, SessionLimits};
+
+/// Socket read buffer: clients only send small frames (see stack notes: 128 KiB
+/// defaults cost about 133 KiB of RSS per idle socket).
+const READ_BUFFER: usize = 4 * 1024;
+/// Socket write buffer before a flush is forced.
+const WRITE_BUFFER: usize = 4 * 1024;
+/// Hard cap of tungstenite's write buffer: one batch of frames at most.
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+/// `Retry-After` of a refusal while realtime is switched off, seconds.
+const REALTIME_OFF_RETRY_AFTER: u64 = 30;
+
+/// Refusals shared by every socket endpoint, in order: realtime switch, draining,
+/// origin, authentication.
+pub(crate) fn admit(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Identity, ApiError> {
+    if !app.cfg.realtime_enabled {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "realtime_disabled",
+            "realtime delivery is switched off; poll /api/v1/notifications",
+        )
+        .retry_after(REALTIME_OFF_RETRY_AFTER));
+    }
+    if app.shutdown.is_cancelled() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "gateway is shutting down; reconnect to another instance",
+        ));
+    }
+    check_origin(&app.cfg.allowed_origins, headers.get(header::ORIGIN))?;
+    authenticate(app, headers, query)
+}
+
+/// Parses the `since` and `deviceId` query parameters.
+pub(crate) fn resume_params(
+    query: &HashMap<String, String>,
+) -> Result<(Option<u64>, Option<DeviceId>), ApiError> {
+    let since = match query.get("since") {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_since",
+                format!("since={s:?} is not a sequence number"),
+            )
+        })?),
+    };
+    let device = match query.get("deviceId") {
+        None => None,
+        Some(d) => Some(DeviceId::parse(d).map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_device_id",
+                format!("deviceId {e}"),
+            )
+        })?),
+    };
+    Ok((since, device))
+}
+
+/// Where a socket starts, and what its welcome frame says about it.
+pub(crate) struct ResumePoint {
+    pub(crate) start_after: u64,
+    pub(crate) gap: bool,
+    pub(crate) oldest_available: Option<u64>,
+}
+
+/// Chooses the start: `since` wins over the device's stored cursor; with neither (or a
+/// device without a cursor yet) the socket starts live, after the user's latest event
+/// as of now, and a new device's cursor is created there. Read before subscribing, so
+/// an event stored in between is replayed.
+///
+/// A position beyond the stream's end (a client number, up to `u64::MAX`) starts at
+/// the end: nothing is missing, so no gap.
+pub(crate) async fn resume_point(
+    app: &AppState,
+    user: &UserId,
+    since: Option<u64>,
+    device: Option<&DeviceId>,
+) -> Result<ResumePoint, ApiError> {
+    let cursor = match (since, device) {
+        (Some(s), _) => Some(s),
+        (None, Some(d)) => app
+            .cursors
+            .get(user, d)
+            .await
+            .map_err(|e| unavailable(&e))?,
+        (None, None) => None,
+    };
+    let Some(after) = cursor else {
+        let latest = app.store.latest(user).await.map_err(|e| unavailable(&e))?;
+        if let Some(d) = device {
+            // From now on this device has a cursor: if it drops before its first
+            // event, it resumes here instead of starting live again and missing it.
+            app.cursors
+                .advance(user, d, latest)
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        return Ok(ResumePoint {
+            start_after: latest,
+            gap: false,
+            oldest_available: None,
+        });
+    };
+    let bounds = app.store.bounds().await.map_err(|e| unavailable(&e))?;
+    // Events after the cursor but before the stream's first sequence have expired.
+    let gap = after.saturating_add(1) < bounds.first_seq;
+    Ok(ResumePoint {
+        start_after: after.min(bounds.last_seq),
+        gap,
+        oldest_available: gap.then_some(bounds.first_seq),
+    })
+}
+
+/// The socket's buffers, and `max_message` as the largest message and frame a client
+/// may send.
+pub(crate) fn sized(ws: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrade {
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+}
+
+/// An admitted client before its session starts: who it is, and its place in the
+/// shutdown tracker (taken before the upgrade, so a drain waits for the handshake).
+pub(crate) struct Admitted {
+    app: Arc<AppState>,
+    user: UserId,
+    device: Option<DeviceId>,
+    tracked: TaskTrackerToken,
+}
+
+impl Admitted {
+    pub(crate) fn new(app: Arc<AppState>, user: UserId, device: Option<DeviceId>) -> Self {
+        let tracked = app.tracker.token();
+        Self {
+            app,
+            user,
+            device,
+            tracked,
+        }
+    }
+
+    pub(crate) fn app(&self) -> &Arc<AppState> {
+        &self.app
+    }
+
+    pub(crate) fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    /// Joins the user's channel and waits until its subscription is in place, then
+    /// builds the session that replays after `start_after`. Without a
+    /// `connection_id` (native sockets) one is made from the gateway and socket ids.
+    pub(crate) async fn start(
+        self,
+        encoding: Encoding,
+        connection_id: Option<Arc<str>>,
+        start_after: u64,
+    ) -> Result<SocketStart, JoinError> {
+        let Self {
+            app,
+            user,
+            device,
+            tracked,
+        } = self;
+        let membership = app.hub.join(user.clone(), encoding, app.cfg.outbound_queue);
+        if let Err(e) = membership.guard.ready(app.cfg.subscribe_timeout).await {
+            tracing::warn!(user = %user, error = %e, "cannot subscribe for a new socket");
+            return Err(e);
+        }
+        let connection_id = connection_id.unwrap_or_else(|| {
+            format!("{}-{}", app.gateway_id, membership.guard.socket_id()).into()
+        });
+        let backend = NatsBackend {
+            store: app.store.clone(),
+            user: user.clone(),
+            // The tracking key: the device id, or `conn-<connectionId>`.
+            device_label: device.as_ref().map_or_else(
+                || format!("conn-{connection_id}").into(),
+                |d| d.as_str().into(),
+            ),
+            cursor: device.map(|d| (app.cursors.clone(), d)),
+            tracking: app.tracking.clone(),
+            connection_id: connection_id.clone(),
+        };
+        let session = Session {
+            limits: SessionLimits {
+                write_timeout: app.cfg.write_timeout,
+                cursor_flush: app.cfg.cursor_flush_interval,
+            },
+            start_after,
+            backend,
+            shutdown: app.shutdown.clone(),
+            resync: app.resync.clone(),
+            stats: app.stats.clone(),
+        };
+        Ok(SocketStart {
+            app,
+            membership,
+            session,
+            connection_id,
+            user,
+            tracked,
+        })
+    }
+}
+
+/// A socket ready to serve: subscribed, with its session built.
+pub(crate) struct SocketStart {
+    app: Arc<AppState>,
+    membership: Membership,
+    session: Session<NatsBackend>,
+    connection_id: Arc<str>,
+    user: UserId,
+    tracked: TaskTrackerToken,
+}
+
+impl SocketStart {
+    pub(crate) fn connection_id(&self) -> &Arc<str> {
+        &self.connection_id
+    }
+
+    /// Runs the session and keeps the gateway's books: the shutdown tracker, the
+    /// connection count, slow-consumer closes, and the user's subscription (the
+    /// membership's guard leaves the channel when this returns).
+    pub(crate) async fn serve<D: Dialect>(self, socket: WebSocket, dialect: D) {
+        let Self {
+            app,
+            membership,
+            session,
+            connection_id,
+            user,
+            tracked: _tracked,
+        } = self;
+        let _guard = membership.guard;
+        app.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%connection_id, user = %user, "socket open");
+        let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
+        app.connections.fetch_sub(1, Ordering::Relaxed);
+        if end == Some(CloseReason::SlowConsumer) {
+            app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
+    }
+}
