@@ -5,6 +5,7 @@ mod delivery;
 mod durable;
 mod lifecycle;
 mod polling;
+mod processes;
 mod protocol;
 mod scale_out;
 mod shutdown;
