@@ -34,18 +34,17 @@ async fn until_events(
     .await
 }
 
+/// Exactly one event per job, of the kind the analyzer's answers decided, and none else.
 fn assert_exactly_one(
     events: &HashMap<String, Vec<String>>,
     ids: &[String],
-    bad: impl Fn(&str) -> bool,
+    analyzer: &TestAnalyzer,
 ) {
     for id in ids {
         let kinds = &events[&format!("job-{id}")];
-        let want = if bad(id) {
-            "analysis.failed"
-        } else {
-            "analysis.completed"
-        };
+        let want = analyzer
+            .expected_kind(id)
+            .unwrap_or_else(|| panic!("job {id} never reached the analyzer"));
         assert_eq!(kinds, &vec![want.to_owned()], "job {id}");
     }
     assert_eq!(events.len(), ids.len(), "no event for anything else");
@@ -79,13 +78,12 @@ async fn hundreds_of_jobs_through_a_flaky_analyzer_end_with_exactly_one_event_ea
         submit_job(&js, job(id, &analysis, u.as_str())).await;
     }
     let events = until_events(&nats, &ids, Duration::from_secs(60)).await;
-    let bad: Vec<&String> = ids
+    assert_exactly_one(&events, &ids, &analyzer);
+    let refused = ids
         .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 10 == 0)
-        .map(|(_, id)| id)
-        .collect();
-    assert_exactly_one(&events, &ids, |id| bad.iter().any(|b| *b == id));
+        .filter(|id| analyzer.expected_kind(id) == Some("analysis.failed"))
+        .count();
+    assert_eq!(refused, N / 10, "the analyzer refused every tenth job");
     let h = worker.health().await;
     println!(
         "worker: {N} jobs, {} analyzer calls, {} retried, {} completed, {} failed",
@@ -132,7 +130,7 @@ async fn a_worker_killed_mid_flight_and_restarted_publishes_one_event_per_job() 
     first.kill();
     let _second = TestWorker::start(cfg()).await;
     let events = until_events(&nats, &ids, Duration::from_secs(60)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
 }
 
 #[tokio::test]
@@ -171,7 +169,7 @@ async fn jobs_wait_while_the_analyzer_is_down_and_the_breaker_opens_and_closes()
 
     analyzer.behaviour.down.store(false, Ordering::SeqCst);
     let events = until_events(&nats, &ids, Duration::from_secs(30)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
     wait_until("breaker closed", || {
         breaker.state() == ziraai_worker::breaker::State::Closed
     })
@@ -207,7 +205,7 @@ async fn a_broker_restart_mid_run_loses_no_job_and_doubles_no_event() {
     .await;
     nats.restart().await;
     let events = until_events(&nats, &ids, Duration::from_secs(60)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
 }
 
 #[tokio::test]
@@ -237,7 +235,7 @@ async fn poison_jobs_are_terminated_reported_and_do_not_stall_the_others() {
         submit_job(&js, job(id, "a", u.as_str())).await;
     }
     let events = until_events(&nats, &ids, Duration::from_secs(30)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
     let counters = worker.probe.counters.clone();
     wait_until("poison counted", || {
         counters.poison.load(Ordering::Relaxed) == 3
@@ -321,5 +319,5 @@ async fn a_graceful_stop_hands_back_in_flight_jobs() {
     analyzer.behaviour.delay_ms.store(0, Ordering::SeqCst);
     let _second = TestWorker::start(cfg("5s")).await;
     let events = until_events(&nats, &ids, Duration::from_secs(20)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
 }
