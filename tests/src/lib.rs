@@ -28,7 +28,8 @@ pub use process::{ServiceProcess, bin_path, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
 pub use worker::{
-    Behaviour, TestAnalyzer, TestWorker, job_events, submit_job, worker_config, worker_vars,
+    Behaviour, PublishCounts, TestAnalyzer, TestWorker, job_events, submit_job, worker_config,
+    worker_vars,
 };
 
 /// Default bound of one awaited step in a test.

@@ -245,3 +245,26 @@ pub async fn job_events(nats: &NatsServer) -> HashMap<String, Vec<String>> {
         }
     }
 }
+
+/// A worker's own count of its event publishes (from its `/health`): PubAcks that
+/// stored a new event, and PubAcks that said `duplicate` (the event was already stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishCounts {
+    pub published: u64,
+    pub duplicates: u64,
+}
+
+impl PublishCounts {
+    /// Reads `published` and `duplicates` from a worker's `/health` JSON.
+    pub fn from_health(health: &Value) -> Self {
+        let get = |key: &str| {
+            health[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("the worker's /health has no {key:?} counter: {health}"))
+        };
+        Self {
+            published: get("published"),
+            duplicates: get("duplicates"),
+        }
+    }
+}

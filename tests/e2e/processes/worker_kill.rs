@@ -90,6 +90,15 @@ async fn sigkill_of_the_worker_process_mid_job_ends_with_one_event_per_job() {
         "each job the first did not finish, once: {after}"
     );
 
+    // The workers' own counts: each job's event stored once over both processes, and
+    // none published twice (the held jobs had not been published before the kill).
+    let (c1, c2) = (
+        PublishCounts::from_health(&before),
+        PublishCounts::from_health(&after),
+    );
+    assert_eq!(c1.published + c2.published, JOBS as u64, "{c1:?} {c2:?}");
+    assert_eq!(c1.duplicates + c2.duplicates, 0, "{c1:?} {c2:?}");
+
     let events = job_events(&nats).await;
     for id in &ids {
         let kinds = events.get(&format!("job-{id}"));
