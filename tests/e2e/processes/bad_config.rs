@@ -167,6 +167,10 @@ fn baseline(tmp: &Path) -> HashMap<String, String> {
         ("ZIRAAI_NATS_CONNECT_TIMEOUT", "1s".to_owned()),
         ("ZIRAAI_GATEWAY_LISTEN", "127.0.0.1:0".to_owned()),
         ("ZIRAAI_WORKER_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "ZIRAAI_ANALYZER_URL",
+            "http://analyzer.prod.svc:8080/analyze".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
