@@ -54,11 +54,6 @@ async fn sigterm_closes_native_clients_with_1012_and_exits_0_within_the_grace() 
         "drained in {:?}",
         started.elapsed()
     );
-    assert!(
-        gw.stderr().contains("draining"),
-        "the drain is logged:\n{}",
-        gw.stderr()
-    );
 }
 
 #[tokio::test]
