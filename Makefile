@@ -13,12 +13,17 @@ export NATS_SERVER_VERSION
 run: nats-server
 	@infra/scripts/run-dev.sh
 
-## test: formatting, clippy (warnings denied), then every unit and end-to-end test.
+# The process tests run the binaries from here (they read ZIRAAI_TEST_BIN_DIR).
+TEST_BIN_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target)/debug)
+
+## test: formatting, clippy (warnings denied), the binaries, then every unit and end-to-end test.
 test: nats-server signalr-client browser browser-client
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo build --workspace --bins --locked
 	@mkdir -p .run
-	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" cargo test --workspace --locked 2>&1 | tee .run/test.log
+	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" ZIRAAI_TEST_BIN_DIR="$(TEST_BIN_DIR)" \
+		cargo test --workspace --locked 2>&1 | tee .run/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' .run/test.log
 
 ## bench: load generator against a release gateway process (BENCH_ARGS="--sockets N --events N --rate N").

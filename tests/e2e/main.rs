@@ -7,6 +7,7 @@ mod demo_page;
 mod durable;
 mod lifecycle;
 mod polling;
+mod processes;
 mod protocol;
 mod scale_out;
 mod shutdown;

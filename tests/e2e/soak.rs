@@ -5,6 +5,8 @@
 //!
 //! `ZIRAAI_SOAK_SECS` sets the duration (default 3 s in `make test`); for a longer run:
 //! `ZIRAAI_SOAK_SECS=120 cargo test -p ziraai-e2e --test e2e soak -- --nocapture`.
+//! The random seed is printed at start and in every failure; `ZIRAAI_SOAK_SEED=<seed>`
+//! replays its random choices (which gateway, crash or restart, reconnects, users).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -34,6 +36,19 @@ impl Rng {
     }
 }
 
+/// `ZIRAAI_SOAK_SEED` if set (to replay a run), else one from the clock.
+fn seed() -> u64 {
+    match std::env::var("ZIRAAI_SOAK_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("ZIRAAI_SOAK_SEED={s:?} is not a number")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
 #[derive(Default)]
 struct Device {
     /// Every event sequence received, repeats included, in arrival order.
@@ -47,11 +62,8 @@ async fn soak_gateway_crashes_and_reconnects_lose_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    println!("soak: {secs} s, seed {seed}");
+    let seed = seed();
+    eprintln!("soak: {secs} s, seed {seed} (replay its random choices: ZIRAAI_SOAK_SEED={seed})");
     let nats = NatsServer::start().await;
     let publisher = nats.publisher().await;
     let mut gateways = Vec::new();
@@ -216,7 +228,7 @@ async fn soak_gateway_crashes_and_reconnects_lose_nothing() {
         );
         assert!(
             unique.is_subset(want),
-            "device {i} got events of another user"
+            "device {i} got events of another user (seed {seed})"
         );
         let missing: Vec<&u64> = want.difference(&unique).collect();
         if !missing.is_empty() {
@@ -236,5 +248,8 @@ async fn soak_gateway_crashes_and_reconnects_lose_nothing() {
         0,
         "a connection saw events out of order (seed {seed})"
     );
-    assert!(crashes + restarts > 0, "the soak replaced no gateway");
+    assert!(
+        crashes + restarts > 0,
+        "the soak replaced no gateway (seed {seed})"
+    );
 }

@@ -1,5 +1,8 @@
 //! The worker against a real nats-server and a real HTTP analyzer: exactly one event
 //! per job through analyzer failures, crashes, broker restarts, poison jobs and stops.
+//! Events are counted twice: in the stream (which de-duplicates by `Nats-Msg-Id`), and
+//! by the worker itself (`published`/`duplicates` in its `/health`), so a worker that
+//! publishes a job twice shows even though the stream stored it once.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -34,18 +37,17 @@ async fn until_events(
     .await
 }
 
+/// Exactly one event per job, of the kind the analyzer's answers decided, and none else.
 fn assert_exactly_one(
     events: &HashMap<String, Vec<String>>,
     ids: &[String],
-    bad: impl Fn(&str) -> bool,
+    analyzer: &TestAnalyzer,
 ) {
     for id in ids {
         let kinds = &events[&format!("job-{id}")];
-        let want = if bad(id) {
-            "analysis.failed"
-        } else {
-            "analysis.completed"
-        };
+        let want = analyzer
+            .expected_kind(id)
+            .unwrap_or_else(|| panic!("job {id} never reached the analyzer"));
         assert_eq!(kinds, &vec![want.to_owned()], "job {id}");
     }
     assert_eq!(events.len(), ids.len(), "no event for anything else");
@@ -55,6 +57,35 @@ async fn jobs_left(nats: &NatsServer) -> u64 {
     let js = async_nats::jetstream::new(nats.client().await);
     let s = within("JOBS", js.get_stream("JOBS")).await.expect("stream");
     s.cached_info().state.messages
+}
+
+/// Waits until every job is acknowledged (JOBS empty) and `worker` runs none, so its
+/// counters are final; returns its own count of publishes.
+async fn settled(nats: &NatsServer, worker: &TestWorker) -> PublishCounts {
+    within_for(
+        Duration::from_secs(20),
+        "queue drained, worker idle",
+        async {
+            while jobs_left(nats).await > 0 || worker.health().await["inFlight"] != 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    PublishCounts::from_health(&worker.health().await)
+}
+
+/// Without a crash or a broker restart, the worker stores each job's event once and
+/// never publishes one a second time.
+fn assert_published_once_each(counts: PublishCounts, jobs: usize) {
+    assert_eq!(
+        counts,
+        PublishCounts {
+            published: jobs as u64,
+            duplicates: 0
+        },
+        "the worker's own count of its publishes"
+    );
 }
 
 #[tokio::test]
@@ -79,13 +110,12 @@ async fn hundreds_of_jobs_through_a_flaky_analyzer_end_with_exactly_one_event_ea
         submit_job(&js, job(id, &analysis, u.as_str())).await;
     }
     let events = until_events(&nats, &ids, Duration::from_secs(60)).await;
-    let bad: Vec<&String> = ids
+    assert_exactly_one(&events, &ids, &analyzer);
+    let refused = ids
         .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 10 == 0)
-        .map(|(_, id)| id)
-        .collect();
-    assert_exactly_one(&events, &ids, |id| bad.iter().any(|b| *b == id));
+        .filter(|id| analyzer.expected_kind(id) == Some("analysis.failed"))
+        .count();
+    assert_eq!(refused, N / 10, "the analyzer refused every tenth job");
     let h = worker.health().await;
     println!(
         "worker: {N} jobs, {} analyzer calls, {} retried, {} completed, {} failed",
@@ -98,12 +128,7 @@ async fn hundreds_of_jobs_through_a_flaky_analyzer_end_with_exactly_one_event_ea
         h["retried"].as_u64().unwrap_or(0) > 0,
         "a third of the calls failed: {h}"
     );
-    within_for(Duration::from_secs(10), "queue drained", async {
-        while jobs_left(&nats).await > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    assert_published_once_each(settled(&nats, &worker).await, N);
 }
 
 #[tokio::test]
@@ -130,9 +155,22 @@ async fn a_worker_killed_mid_flight_and_restarted_publishes_one_event_per_job() 
     })
     .await;
     first.kill();
-    let _second = TestWorker::start(cfg()).await;
+    // The killed worker's counters stay readable in-process: the jobs it finished
+    // (published, then acknowledged) each stored their event.
+    let done_first =
+        counters.completed.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
+    let second = TestWorker::start(cfg()).await;
     let events = until_events(&nats, &ids, Duration::from_secs(60)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
+    let c = settled(&nats, &second).await;
+    println!("worker crash: {done_first} jobs done before, then {c:?}");
+    assert!(
+        done_first + c.published <= N as u64,
+        "at most one stored event per job over both workers: {done_first} + {c:?}"
+    );
+    // Only a job in flight at the crash can have had its event stored already.
+    let max_in_flight = ziraai_common::config::DEFAULT_MAX_IN_FLIGHT as u64;
+    assert!(c.duplicates <= max_in_flight, "{c:?}");
 }
 
 #[tokio::test]
@@ -171,12 +209,13 @@ async fn jobs_wait_while_the_analyzer_is_down_and_the_breaker_opens_and_closes()
 
     analyzer.behaviour.down.store(false, Ordering::SeqCst);
     let events = until_events(&nats, &ids, Duration::from_secs(30)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
     wait_until("breaker closed", || {
         breaker.state() == ziraai_worker::breaker::State::Closed
     })
     .await;
     assert_eq!(worker.health().await["breaker"]["state"], "closed");
+    assert_published_once_each(settled(&nats, &worker).await, ids.len());
 }
 
 #[tokio::test]
@@ -207,7 +246,21 @@ async fn a_broker_restart_mid_run_loses_no_job_and_doubles_no_event() {
     .await;
     nats.restart().await;
     let events = until_events(&nats, &ids, Duration::from_secs(60)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
+    let c = settled(&nats, &worker).await;
+    println!("worker across a broker restart: {c:?}");
+    assert!(
+        c.published <= N as u64,
+        "at most one stored event per job: {c:?}"
+    );
+    assert!(
+        c.published + c.duplicates >= N as u64,
+        "every job's publish acknowledged: {c:?}"
+    );
+    // A PubAck or job ack lost in the restart repeats that job's publish (de-duplicated):
+    // at most twice for each job in flight then.
+    let max_in_flight = ziraai_common::config::DEFAULT_MAX_IN_FLIGHT as u64;
+    assert!(c.duplicates <= 2 * max_in_flight, "{c:?}");
 }
 
 #[tokio::test]
@@ -237,7 +290,7 @@ async fn poison_jobs_are_terminated_reported_and_do_not_stall_the_others() {
         submit_job(&js, job(id, "a", u.as_str())).await;
     }
     let events = until_events(&nats, &ids, Duration::from_secs(30)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
     let counters = worker.probe.counters.clone();
     wait_until("poison counted", || {
         counters.poison.load(Ordering::Relaxed) == 3
@@ -309,6 +362,14 @@ async fn a_graceful_stop_hands_back_in_flight_jobs() {
         counters.in_flight.load(Ordering::Relaxed) == 4
     })
     .await;
+    assert_eq!(
+        PublishCounts::from_health(&first.health().await),
+        PublishCounts {
+            published: 0,
+            duplicates: 0
+        },
+        "nothing published while the analysis runs"
+    );
     let started = std::time::Instant::now();
     first.shutdown().await;
     assert!(
@@ -319,7 +380,8 @@ async fn a_graceful_stop_hands_back_in_flight_jobs() {
     assert!(job_events(&nats).await.is_empty());
 
     analyzer.behaviour.delay_ms.store(0, Ordering::SeqCst);
-    let _second = TestWorker::start(cfg("5s")).await;
+    let second = TestWorker::start(cfg("5s")).await;
     let events = until_events(&nats, &ids, Duration::from_secs(20)).await;
-    assert_exactly_one(&events, &ids, |_| false);
+    assert_exactly_one(&events, &ids, &analyzer);
+    assert_published_once_each(settled(&nats, &second).await, ids.len());
 }

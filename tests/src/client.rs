@@ -136,6 +136,25 @@ impl WsClient {
         seqs
     }
 
+    /// The next event, or `None` once the socket ends (closed, cut, or its server
+    /// killed); other frames are skipped. Bounded by `STEP`. Cancel-safe.
+    pub async fn next_event_or_end(&mut self) -> Option<ziraai_proto::EventFrame> {
+        within("next event or end", async {
+            loop {
+                let frame: Option<ServerFrame> = match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => serde_json::from_str(&t).ok(),
+                    Some(Ok(Message::Binary(b))) => rmp_serde::from_slice(&b).ok(),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                    Some(Ok(_)) => None,
+                };
+                if let Some(ServerFrame::Event(e)) = frame {
+                    return Some(e);
+                }
+            }
+        })
+        .await
+    }
+
     /// Connects as `user` offering `offer`, and consumes the welcome frame.
     pub async fn open_with(url: &str, user: &ziraai_proto::UserId, offer: Option<&str>) -> Self {
         let mut c = Self::connect(url, Some(&crate::token(user)), offer)

@@ -6,6 +6,7 @@ mod browser;
 mod client;
 mod isolated;
 mod nats_server;
+mod process;
 mod proxy;
 mod signalr;
 mod worker;
@@ -25,9 +26,13 @@ use ziraai_worker::{Published, Publisher};
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use nats_server::{NatsServer, PINNED_VERSION};
+pub use process::{ServiceProcess, bin_path, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
-pub use worker::{Behaviour, TestAnalyzer, TestWorker, job_events, submit_job, worker_config};
+pub use worker::{
+    Behaviour, PublishCounts, TestAnalyzer, TestWorker, job_events, submit_job, worker_config,
+    worker_vars,
+};
 
 /// Default bound of one awaited step in a test.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -74,6 +79,11 @@ pub fn token(user: &UserId) -> String {
 
 /// Configuration of a test gateway on `nats`, with `extra` variables applied.
 pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> GatewayServiceConfig {
+    GatewayServiceConfig::load(&gateway_vars(nats, extra)).expect("test configuration is valid")
+}
+
+/// The variables of a test gateway on `nats` (in-process or as a process).
+pub fn gateway_vars(nats: &NatsServer, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("ZIRAAI_CONFIG_DIR".into(), String::new()),
         ("ZIRAAI_NATS_URL".into(), nats.url()),
@@ -85,7 +95,7 @@ pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> GatewayServi
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    GatewayServiceConfig::load(&vars).expect("test configuration is valid")
+    vars
 }
 
 /// A gateway running in-process on a runtime of its own, so a test can kill it

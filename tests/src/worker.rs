@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
@@ -29,64 +29,83 @@ pub struct Behaviour {
     pub down: AtomicBool,
     /// Time each answer takes, milliseconds.
     pub delay_ms: AtomicU64,
+    /// While set, calls wait (counted in `held`) until it is cleared.
+    pub hold: AtomicBool,
+    /// Calls waiting because of `hold`.
+    pub held: AtomicU64,
 }
+
+/// Every status the analyzer answered, by `jobId`, in order.
+type Answers = Arc<Mutex<HashMap<String, Vec<u16>>>>;
 
 /// A real HTTP analyzer: 400 for jobs whose `analysisId` starts with `bad-`, a 200
 /// answer over the worker's limit for `huge-`, a result too large for one event (but
 /// under the answer limit) for `big-`, 503 as the behaviour says, else 200 with a
-/// result naming the job.
+/// result naming the job. It records its answers, so a test knows which outcome each
+/// job must end with.
 pub struct TestAnalyzer {
     pub url: String,
     pub calls: Arc<AtomicU64>,
     pub behaviour: Arc<Behaviour>,
+    answers: Answers,
     _stop: oneshot::Sender<()>,
 }
 
-async fn analyze(
-    State((calls, b)): State<(Arc<AtomicU64>, Arc<Behaviour>)>,
-    Json(job): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+#[derive(Clone)]
+struct Shared {
+    calls: Arc<AtomicU64>,
+    behaviour: Arc<Behaviour>,
+    answers: Answers,
+}
+
+async fn analyze(State(s): State<Shared>, Json(job): Json<Value>) -> (StatusCode, Json<Value>) {
+    let b = &s.behaviour;
+    let n = s.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if b.hold.load(Ordering::SeqCst) {
+        b.held.fetch_add(1, Ordering::SeqCst);
+        while b.hold.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        b.held.fetch_sub(1, Ordering::SeqCst);
+    }
     tokio::time::sleep(Duration::from_millis(b.delay_ms.load(Ordering::SeqCst))).await;
-    if b.down.load(Ordering::SeqCst) || (b.fail_every > 0 && n % b.fail_every == 0) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"message": "busy"})),
-        );
-    }
-    if job["analysisId"]
-        .as_str()
-        .is_some_and(|a| a.starts_with("bad-"))
-    {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"message": "not a plant photo"})),
-        );
-    }
-    if job["analysisId"]
-        .as_str()
-        .is_some_and(|a| a.starts_with("huge-"))
-    {
-        let padding = "x".repeat(ziraai_worker::analyzer::MAX_BODY);
-        return (
-            StatusCode::OK,
-            Json(json!({"jobId": job["jobId"], "padding": padding})),
-        );
-    }
-    if job["analysisId"]
-        .as_str()
-        .is_some_and(|a| a.starts_with("big-"))
-    {
-        let padding = "x".repeat(ziraai_common::nats::NOTIFY_MAX_MESSAGE);
-        return (
-            StatusCode::OK,
-            Json(json!({"jobId": job["jobId"], "padding": padding})),
-        );
-    }
-    (
-        StatusCode::OK,
-        Json(json!({"jobId": job["jobId"], "disease": "none", "confidence": 0.99})),
-    )
+    let analysis = job["analysisId"].as_str().unwrap_or_default();
+    let (status, body) =
+        if b.down.load(Ordering::SeqCst) || (b.fail_every > 0 && n % b.fail_every == 0) {
+            (StatusCode::SERVICE_UNAVAILABLE, json!({"message": "busy"}))
+        } else if analysis.starts_with("bad-") {
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"message": "not a plant photo"}),
+            )
+        } else if analysis.starts_with("huge-") {
+            // Over the worker's analyzer answer limit.
+            let padding = "x".repeat(ziraai_worker::analyzer::MAX_BODY);
+            (
+                StatusCode::OK,
+                json!({"jobId": job["jobId"], "padding": padding}),
+            )
+        } else if analysis.starts_with("big-") {
+            // Under that limit, but too large for one event.
+            let padding = "x".repeat(ziraai_common::nats::NOTIFY_MAX_MESSAGE);
+            (
+                StatusCode::OK,
+                json!({"jobId": job["jobId"], "padding": padding}),
+            )
+        } else {
+            (
+                StatusCode::OK,
+                json!({"jobId": job["jobId"], "disease": "none", "confidence": 0.99}),
+            )
+        };
+    let id = job["jobId"].as_str().unwrap_or_default().to_owned();
+    s.answers
+        .lock()
+        .expect("answers lock")
+        .entry(id)
+        .or_default()
+        .push(status.as_u16());
+    (status, Json(body))
 }
 
 impl TestAnalyzer {
@@ -95,11 +114,14 @@ impl TestAnalyzer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let calls = Arc::new(AtomicU64::new(0));
-        let behaviour = Arc::new(behaviour);
+        let shared = Shared {
+            calls: Arc::new(AtomicU64::new(0)),
+            behaviour: Arc::new(behaviour),
+            answers: Answers::default(),
+        };
         let app = axum::Router::new()
             .route("/analyze", axum::routing::post(analyze))
-            .with_state((calls.clone(), behaviour.clone()));
+            .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -110,10 +132,23 @@ impl TestAnalyzer {
         });
         Self {
             url: format!("http://{addr}/analyze"),
-            calls,
-            behaviour,
+            calls: shared.calls,
+            behaviour: shared.behaviour,
+            answers: shared.answers,
             _stop: tx,
         }
+    }
+
+    /// The event kind job `job_id` must end with, given what this analyzer answered:
+    /// its last answer other than 503 decides (200 completed, 400 failed); a job that
+    /// only ever got 503 fails as `analyzer_unavailable`. `None`: never called.
+    pub fn expected_kind(&self, job_id: &str) -> Option<&'static str> {
+        let answers = self.answers.lock().expect("answers lock");
+        let statuses = answers.get(job_id)?;
+        Some(match statuses.iter().rev().find(|s| **s != 503) {
+            Some(200) => "analysis.completed",
+            _ => "analysis.failed",
+        })
     }
 }
 
@@ -123,11 +158,22 @@ pub fn worker_config(
     analyzer: &TestAnalyzer,
     extra: &[(&str, &str)],
 ) -> WorkerServiceConfig {
+    WorkerServiceConfig::load(&worker_vars(nats, &analyzer.url, extra))
+        .expect("test worker configuration is valid")
+}
+
+/// The variables of a test worker (in-process or as a process) on `nats`, calling the
+/// analyzer at `analyzer_url`.
+pub fn worker_vars(
+    nats: &NatsServer,
+    analyzer_url: &str,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("ZIRAAI_CONFIG_DIR".into(), String::new()),
         ("ZIRAAI_NATS_URL".into(), nats.url()),
         ("ZIRAAI_WORKER_LISTEN".into(), "127.0.0.1:0".into()),
-        ("ZIRAAI_ANALYZER_URL".into(), analyzer.url.clone()),
+        ("ZIRAAI_ANALYZER_URL".into(), analyzer_url.to_owned()),
         ("ZIRAAI_ANALYZER_TIMEOUT".into(), "5s".into()),
         ("ZIRAAI_WORKER_RETRY_BASE".into(), "50ms".into()),
         ("ZIRAAI_WORKER_RETRY_MAX".into(), "400ms".into()),
@@ -139,7 +185,7 @@ pub fn worker_config(
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    WorkerServiceConfig::load(&vars).expect("test worker configuration is valid")
+    vars
 }
 
 /// A worker on its own runtime.
@@ -214,6 +260,29 @@ pub async fn job_events(nats: &NatsServer) -> HashMap<String, Vec<String>> {
             }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => return out,
             Err(e) => panic!("reading NOTIFY: {e}"),
+        }
+    }
+}
+
+/// A worker's own count of its event publishes (from its `/health`): PubAcks that
+/// stored a new event, and PubAcks that said `duplicate` (the event was already stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishCounts {
+    pub published: u64,
+    pub duplicates: u64,
+}
+
+impl PublishCounts {
+    /// Reads `published` and `duplicates` from a worker's `/health` JSON.
+    pub fn from_health(health: &Value) -> Self {
+        let get = |key: &str| {
+            health[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("the worker's /health has no {key:?} counter: {health}"))
+        };
+        Self {
+            published: get("published"),
+            duplicates: get("duplicates"),
         }
     }
 }
