@@ -3,7 +3,6 @@
 //! `/health`), and the `Publisher` and `ziraai-worker publish` refuse what a gateway
 //! could not decode before anything is stored.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
@@ -203,27 +202,12 @@ async fn the_publisher_stores_up_to_the_stream_limit_and_refuses_beyond_it() {
     assert!(over.is_err(), "the server refuses one byte more");
 }
 
-/// The shipped `ziraai-worker` binary (built by `cargo build --bins`).
-fn worker_bin() -> PathBuf {
-    let dir = std::env::var_os("ZIRAAI_TEST_BIN_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug")))
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug")));
-    let bin = dir.join("ziraai-worker");
-    assert!(
-        bin.exists(),
-        "{} missing: run cargo build --bins first",
-        bin.display()
-    );
-    bin
-}
-
 /// Runs `ziraai-worker publish ARGS` against `nats`: exit success, stdout, stderr.
 async fn publish_cli(nats: &NatsServer, args: &[&str]) -> (bool, String, String) {
     let out = within_for(
         Duration::from_secs(30),
         "ziraai-worker publish",
-        tokio::process::Command::new(worker_bin())
+        tokio::process::Command::new(bin_path("ziraai-worker"))
             .arg("publish")
             .args(args)
             .env("ZIRAAI_NATS_URL", nats.url())
