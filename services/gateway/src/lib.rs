@@ -8,6 +8,7 @@
 mod api;
 pub mod auth;
 mod backend;
+pub mod cli;
 pub mod cursors;
 pub mod delivery;
 mod demo;
@@ -17,7 +18,6 @@ pub mod session;
 pub mod signalr;
 pub mod store;
 pub mod tracking;
-pub mod watch;
 mod ws;
 
 use std::future::Future;
