@@ -133,10 +133,6 @@ publish_cmd="$with_nats $bin_dir/ziraai-worker publish --user $user --analysis 4
 admin_cmd="curl -fsS -H \"Authorization: Bearer \$($bin_dir/ziraai-gateway token --user ops --role Admin)\" 'http://$gw/api/v1/admin/deliveries?userId=$user'"
 gateway_health_cmd="curl -fsS http://$gw/health"
 worker_health_cmd="curl -fsS http://$ZIRAAI_WORKER_LISTEN/health"
-printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" \
-  "$gateway_health_cmd" "$worker_health_cmd" >"$commands_file.tmp"
-mv "$commands_file.tmp" "$commands_file"
-
 cat <<MSG
 
   ZiraAI Realtime is running (development). In a second terminal, at the repo root:
@@ -152,6 +148,10 @@ cat <<MSG
   These commands, one per line: $commands_file.   Ctrl-C stops everything.
 
 MSG
+# After the banner, so whoever reads the file finds the banner printed.
+printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" \
+  "$gateway_health_cmd" "$worker_health_cmd" >"$commands_file.tmp"
+mv "$commands_file.tmp" "$commands_file"
 
 dead=""
 status=0

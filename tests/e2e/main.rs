@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
 mod auth;
+mod banner;
 mod delivery;
 mod durable;
 mod lifecycle;
@@ -12,4 +13,5 @@ mod signalr;
 mod signalr_raw;
 mod signalr_stateful;
 mod soak;
+mod watch_cli;
 mod worker;
