@@ -179,12 +179,15 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(stop);
+    let user = match &plan.token {
+        Some(_) => "named by --token",
+        None => plan.mint.user.as_str(),
+    };
     match &plan.device {
         Some(d) => eprintln!(
-            "watch: user {}, device id {d} (resumes from its cursor; --live-only opts out)",
-            plan.mint.user
+            "watch: user {user}, device id {d} (resumes from its cursor; --live-only opts out)"
         ),
-        None => eprintln!("watch: user {}, live only (no device id)", plan.mint.user),
+        None => eprintln!("watch: user {user}, live only (no device id)"),
     }
     let mut last_printed: Option<u64> = None;
     let mut backoff = BACKOFF_START;
@@ -310,7 +313,8 @@ async fn follow(
             }
             Some("welcome") => {
                 eprintln!(
-                    "watch: connected ({}), resumed after {}",
+                    "watch: connected as {} ({}), resumed after {}",
+                    frame["userId"].as_str().unwrap_or("?"),
                     frame["connectionId"].as_str().unwrap_or("?"),
                     frame["resumedAfter"]
                 );
@@ -356,76 +360,5 @@ fn print_line(line: &str) -> anyhow::Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan(device: Option<&str>, live_only: bool, since: Option<u64>) -> Plan {
-        WatchArgs {
-            url: DEFAULT_URL.into(),
-            user: "demo-farmer".into(),
-            token: None,
-            device: device.map(|d| DeviceId::parse(d).expect("valid")),
-            live_only,
-            since,
-        }
-        .plan()
-        .expect("valid arguments")
-    }
-
-    #[test]
-    fn resumes_with_a_device_by_default_and_after_the_last_printed_event() {
-        let p = plan(None, false, None);
-        let url = p.url(None);
-        assert!(
-            url.starts_with("ws://127.0.0.1:8080/ws?deviceId=cli-"),
-            "{url}"
-        );
-        assert!(!url.contains("since"), "{url}");
-        assert!(
-            p.url(Some(17)).ends_with("&since=17"),
-            "{}",
-            p.url(Some(17))
-        );
-        let p = plan(Some("laptop"), false, Some(5));
-        assert_eq!(
-            p.url(None),
-            "ws://127.0.0.1:8080/ws?deviceId=laptop&since=5"
-        );
-        assert_eq!(
-            p.url(Some(9)),
-            "ws://127.0.0.1:8080/ws?deviceId=laptop&since=9"
-        );
-    }
-
-    #[test]
-    fn live_only_sends_no_device() {
-        let p = plan(None, true, None);
-        assert_eq!(p.url(None), DEFAULT_URL);
-        assert_eq!(p.url(Some(3)), format!("{DEFAULT_URL}?since=3"));
-    }
-
-    #[test]
-    fn host_names_become_valid_device_ids() {
-        assert_eq!(
-            device_from_host("farm.example.com\n").as_str(),
-            "cli-farm-example-com"
-        );
-        assert_eq!(device_from_host("").as_str(), "cli-host");
-        let long = device_from_host(&"é".repeat(100));
-        assert_eq!(long.as_str().len(), 64);
-    }
-
-    #[test]
-    fn client_faults_end_the_watch_and_restarts_do_not() {
-        let frame = |code: u16| {
-            Some(tungstenite::protocol::CloseFrame {
-                code: CloseCode::from(code),
-                reason: "".into(),
-            })
-        };
-        assert!(matches!(closed(frame(1012)), Ok(Ended::Lost(_))));
-        assert!(matches!(closed(frame(1013)), Ok(Ended::Lost(_))));
-        assert!(matches!(closed(None), Ok(Ended::Lost(_))));
-        assert!(closed(frame(1008)).is_err());
-    }
-}
+#[path = "watch_tests.rs"]
+mod tests;
