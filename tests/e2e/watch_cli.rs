@@ -59,9 +59,11 @@ struct Watch {
 }
 
 impl Watch {
-    fn spawn(url: &str, token: &str, device: &str) -> Self {
+    /// `watch --url url --token token` plus `mode` (`--device D` or `--live-only`).
+    fn spawn(url: &str, token: &str, mode: &[&str]) -> Self {
         let mut child = Command::new(bin_path("ziraai-gateway"))
-            .args(["watch", "--url", url, "--token", token, "--device", device])
+            .args(["watch", "--url", url, "--token", token])
+            .args(mode)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("ZIRAAI_CONFIG_DIR", "")
@@ -143,12 +145,21 @@ async fn watch_prints_every_event_once_across_gateway_restarts() {
     let same_address = [("ZIRAAI_GATEWAY_LISTEN", addr.as_str())];
     let farmer = user("watch");
     let device = "cli-test";
-    let mut watch = Watch::spawn(&gw.ws_url(), &token(&farmer), device);
+    let mut watch = Watch::spawn(&gw.ws_url(), &token(&farmer), &["--device", device]);
     watch.note("device id cli-test").await;
     watch.note("connected").await;
 
+    // A new device starts live; a restart before its first event must not make the
+    // next connection start live again (the events in between would be skipped).
+    within("gateway drain", gw.shutdown())
+        .await
+        .expect("clean shutdown");
+    let first = publish_many(&publisher, &farmer, 2).await;
+    let gw = TestGateway::start_with(gateway_config(&nats, &same_address)).await;
+    watch.note("connected").await;
     let before = publish_many(&publisher, &farmer, 3).await;
-    assert_eq!(watch.events(3).await, before);
+    let expected: Vec<u64> = first.iter().chain(&before).copied().collect();
+    assert_eq!(watch.events(5).await, expected);
 
     // Graceful restart: the socket closes with 1012; events published while no
     // gateway listens, then after it is back on the same address.
@@ -178,9 +189,34 @@ async fn watch_prints_every_event_once_across_gateway_restarts() {
     let last = *after_crash.last().expect("published");
     wait_for_cursor(&nats, &farmer, device, last).await;
     let offline = publish_many(&publisher, &farmer, 2).await;
-    let mut watch = Watch::spawn(&gw.ws_url(), &token(&farmer), device);
+    let mut watch = Watch::spawn(&gw.ws_url(), &token(&farmer), &["--device", device]);
     assert_eq!(watch.events(2).await, offline);
     let rest = watch.stop().await;
     assert!(rest.is_empty(), "only the missed events: {rest:?}");
+    let _ = tokio::time::timeout(STEP, gw.shutdown()).await;
+}
+
+#[tokio::test]
+async fn live_only_watch_keeps_its_place_across_a_restart_before_its_first_event() {
+    let nats = NatsServer::start().await;
+    let publisher = nats.publisher().await;
+    let gw = TestGateway::start(&nats).await;
+    let addr = gw.addr.to_string();
+    let farmer = user("watch-live");
+    publish_many(&publisher, &farmer, 2).await; // before the run: not shown
+    let mut watch = Watch::spawn(&gw.ws_url(), &token(&farmer), &["--live-only"]);
+    watch.note("live only").await;
+    watch.note("connected").await;
+    within("gateway drain", gw.shutdown())
+        .await
+        .expect("clean shutdown");
+    let during = publish_many(&publisher, &farmer, 2).await;
+    let gw =
+        TestGateway::start_with(gateway_config(&nats, &[("ZIRAAI_GATEWAY_LISTEN", &addr)])).await;
+    watch.note("connected").await;
+    let after = publish_many(&publisher, &farmer, 1).await;
+    let expected: Vec<u64> = during.iter().chain(&after).copied().collect();
+    assert_eq!(watch.events(3).await, expected);
+    assert!(watch.stop().await.is_empty());
     let _ = tokio::time::timeout(STEP, gw.shutdown()).await;
 }

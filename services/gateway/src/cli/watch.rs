@@ -4,9 +4,9 @@
 //! overrides), so the gateway resumes it from that device's cursor, and it acknowledges
 //! each event after printing it. When the socket ends (a gateway restart closes it with
 //! 1012, a crash cuts it, the port refuses) it reconnects by itself with back-off
-//! (100 ms doubling to 5 s) asking for `since=<last printed sequence>`, and drops any
-//! event at or below that sequence: every event stored meanwhile is printed, once, in
-//! order. `--live-only` connects without a device id (no cursor kept between runs).
+//! (100 ms doubling to 5 s) asking for `since=<position>`, the last printed sequence
+//! (or, before the first event, where the first welcome said it resumed), and drops any
+//! event at or below it: every event stored meanwhile is printed, once, in order. `--live-only` connects without a device id (no cursor kept between runs).
 //!
 //! stdout carries one JSON line per event and nothing else, so it can be piped; the
 //! welcome, errors and reconnect notes go to stderr.
@@ -60,7 +60,7 @@ pub struct WatchArgs {
     #[arg(long, conflicts_with = "live_only")]
     pub device: Option<DeviceId>,
     /// Connect without a device id: start with new events and keep no cursor between
-    /// runs (reconnects within a run still continue after the last printed event).
+    /// runs (reconnects within a run still continue where it left off).
     #[arg(long)]
     pub live_only: bool,
     /// Print every stored event after this sequence first (instead of the cursor).
@@ -105,14 +105,14 @@ impl WatchArgs {
 }
 
 impl Plan {
-    /// The URL of the next connection: the device id, and `since` the last printed
-    /// sequence (or `--since` before anything was printed).
-    pub fn url(&self, last_printed: Option<u64>) -> String {
+    /// The URL of the next connection: the device id, and `since` the position
+    /// reached (or `--since` before the first connection).
+    pub fn url(&self, position: Option<u64>) -> String {
         let mut params = Vec::new();
         if let Some(d) = &self.device {
             params.push(format!("deviceId={d}"));
         }
-        if let Some(s) = last_printed.or(self.since) {
+        if let Some(s) = position.or(self.since) {
             params.push(format!("since={s}"));
         }
         if params.is_empty() {
@@ -189,10 +189,12 @@ pub async fn run(
         ),
         None => eprintln!("watch: user {user}, live only (no device id)"),
     }
-    let mut last_printed: Option<u64> = None;
+    // Everything up to here was printed: the last event's sequence, or where the first
+    // welcome resumed (a new device starts live, and its next connection must not).
+    let mut position: Option<u64> = None;
     let mut backoff = BACKOFF_START;
     loop {
-        let url = plan.url(last_printed);
+        let url = plan.url(position);
         let attempt = tokio::select! {
             _ = &mut stop => return Ok(()),
             r = connect(&plan, config, &url) => r,
@@ -202,7 +204,7 @@ pub async fn run(
             Err(ConnectError::Retry(why)) => why,
             Ok(ws) => {
                 backoff = BACKOFF_START;
-                match follow(ws, &mut last_printed, &mut stop).await? {
+                match follow(ws, &mut position, &mut stop).await? {
                     Ended::Stopped => return Ok(()),
                     Ended::Lost(why) => why,
                 }
@@ -267,7 +269,7 @@ async fn connect(plan: &Plan, config: &Config, url: &str) -> Result<Socket, Conn
 /// Prints the socket's events until it ends; acks each after printing it.
 async fn follow(
     mut ws: Socket,
-    last_printed: &mut Option<u64>,
+    position: &mut Option<u64>,
     stop: &mut (impl std::future::Future<Output = ()> + Unpin),
 ) -> anyhow::Result<Ended> {
     loop {
@@ -299,19 +301,22 @@ async fn follow(
                     eprintln!("watch: ignoring an event without seq: {text}");
                     continue;
                 };
-                if last_printed.is_some_and(|last| seq <= last) {
+                if position.is_some_and(|last| seq <= last) {
                     continue; // printed before a reconnect
                 }
                 if !print_line(&text)? {
                     return Ok(Ended::Stopped);
                 }
-                *last_printed = Some(seq);
+                *position = Some(seq);
                 let ack = format!("{{\"type\":\"ack\",\"seq\":{seq}}}");
                 if let Err(e) = ws.send(Message::Text(ack.into())).await {
                     return Ok(Ended::Lost(format!("connection lost: {e}")));
                 }
             }
             Some("welcome") => {
+                if position.is_none() {
+                    *position = frame["resumedAfter"].as_u64();
+                }
                 eprintln!(
                     "watch: connected as {} ({}), resumed after {}",
                     frame["userId"].as_str().unwrap_or("?"),
