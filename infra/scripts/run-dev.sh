@@ -8,7 +8,7 @@
 #      demo job submitter (ziraai-worker demo).
 #   3. Prints commands to paste into a second terminal at the repo root, and writes
 #      them, one per line, to .run/commands.txt (tests/e2e/banner.rs runs each).
-#   4. Ctrl-C (or SIGTERM) stops everything it started, says what it stopped, exits 0.
+#   4. Ctrl-C (or SIGTERM, or closing the terminal) stops everything it started, says what it stopped, exits 0.
 #      A process that dies on its own is named, the rest are stopped, exit status 1.
 #
 # Knobs (read here, not passed on to the services):
@@ -52,6 +52,7 @@ start() { # name, command…: runs it in the background and remembers it
   names+=("$name")
 }
 stop_all() { # newest first, so NATS stops last
+  set +e # keep stopping even if the terminal is gone and echo fails
   local i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill -TERM "${pids[i]}" 2>/dev/null || true
@@ -62,7 +63,8 @@ stop_all() { # newest first, so NATS stops last
   names=()
 }
 on_signal() {
-  trap - INT TERM
+  trap - INT TERM HUP
+  set +e
   echo
   echo "stopping…"
   stop_all
@@ -70,7 +72,7 @@ on_signal() {
   echo "all stopped."
   exit 0
 }
-trap on_signal INT TERM
+trap on_signal INT TERM HUP # HUP: the terminal closed
 trap stop_all EXIT
 
 answers() { # host:port
