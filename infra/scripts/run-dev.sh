@@ -6,28 +6,74 @@
 #   2. One gateway (ziraai-gateway), the worker consuming jobs (ziraai-worker run), a
 #      development analyzer with sample results (ziraai-worker dev-analyzer), and the
 #      demo job submitter (ziraai-worker demo).
-#   3. Prints where to watch; Ctrl-C stops everything it started.
+#   3. Prints commands to paste into a second terminal at the repo root, and writes
+#      them, one per line, to .run/commands.txt (tests/e2e/banner.rs runs each).
+#   4. Ctrl-C (or SIGTERM, or closing the terminal) stops everything it started, says what it stopped, exits 0.
+#      A process that dies on its own is named, the rest are stopped, exit status 1.
+#
+# Knobs (read here, not passed on to the services):
+#   ZIRAAI_RUN_DIR             store, logs and commands.txt (default .run)
+#   ZIRAAI_BIN_DIR             where the binaries are (default target/debug)
+#   ZIRAAI_SKIP_BUILD=1        do not run cargo build (the binaries exist)
+#   ZIRAAI_NATS_SERVER_BIN     nats-server binary to start (default: the pinned one)
+#   ZIRAAI_NATS_MONITOR_PORT   its monitoring port (default 8333, from nats/dev.conf)
+# and the services' own: ZIRAAI_NATS_URL, ZIRAAI_GATEWAY_LISTEN, ZIRAAI_WORKER_LISTEN,
+# ZIRAAI_DEV_ANALYZER_LISTEN, ZIRAAI_DEMO_USER, ZIRAAI_DEMO_INTERVAL.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-mkdir -p .run
+
+run_dir="${ZIRAAI_RUN_DIR:-.run}"
+bin_dir="${ZIRAAI_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}"
+bin_dir="${bin_dir#"$root"/}" # printed commands stay short when it is under the repo
+skip_build="${ZIRAAI_SKIP_BUILD:-0}"
+nats_bin="${ZIRAAI_NATS_SERVER_BIN:-}"
+nats_monitor_port="${ZIRAAI_NATS_MONITOR_PORT:-8333}"
+unset ZIRAAI_RUN_DIR ZIRAAI_BIN_DIR ZIRAAI_SKIP_BUILD ZIRAAI_NATS_SERVER_BIN ZIRAAI_NATS_MONITOR_PORT
+mkdir -p "$run_dir"
+commands_file="$run_dir/commands.txt"
+rm -f "$commands_file"
 
 export ZIRAAI_ENV="${ZIRAAI_ENV:-development}"
 export ZIRAAI_NATS_URL="${ZIRAAI_NATS_URL:-nats://127.0.0.1:4333}"
 export ZIRAAI_GATEWAY_LISTEN="${ZIRAAI_GATEWAY_LISTEN:-127.0.0.1:8080}"
+export ZIRAAI_WORKER_LISTEN="${ZIRAAI_WORKER_LISTEN:-127.0.0.1:8081}"
+export ZIRAAI_DEV_ANALYZER_LISTEN="${ZIRAAI_DEV_ANALYZER_LISTEN:-127.0.0.1:8082}"
+export ZIRAAI_ANALYZER_URL="${ZIRAAI_ANALYZER_URL:-http://$ZIRAAI_DEV_ANALYZER_LISTEN/analyze}"
 export ZIRAAI_DEMO_USER="${ZIRAAI_DEMO_USER:-demo-farmer}"
+demo_interval="${ZIRAAI_DEMO_INTERVAL:-5s}"
 
 pids=()
-cleanup() {
-  trap - INT TERM EXIT
+names=()
+start() { # name, command…: runs it in the background and remembers it
+  local name="$1"; shift
+  "$@" &
+  pids+=($!)
+  names+=("$name")
+}
+stop_all() { # newest first, so NATS stops last
+  set +e # keep stopping even if the terminal is gone and echo fails
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+    echo "stopped ${names[i]} (pid ${pids[i]})"
+  done
+  pids=()
+  names=()
+}
+on_signal() {
+  trap - INT TERM HUP
+  set +e
   echo
   echo "stopping…"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  echo "stopped."
+  stop_all
+  rm -f "$commands_file"
+  echo "all stopped."
+  exit 0
 }
-trap cleanup EXIT
-trap 'exit 0' INT TERM
+trap on_signal INT TERM HUP # HUP: the terminal closed
+trap stop_all EXIT
 
 answers() { # host:port
   local host="${1%:*}" port="${1##*:}"
@@ -47,59 +93,80 @@ wait_for() { # what, seconds, command…
   echo "timed out waiting for $what" >&2
   return 1
 }
+refuse_busy() { # address, variable that moves it
+  if answers "$1"; then
+    echo "something already listens on $1 (another make run?); stop it or set $2" >&2
+    exit 1
+  fi
+}
 
-echo "building…"
-cargo build --quiet --bins
+if [ "$skip_build" != 1 ]; then
+  echo "building…"
+  cargo build --quiet --bins
+fi
 
 nats_addr="$(first_hostport "$ZIRAAI_NATS_URL")"
 if answers "$nats_addr"; then
   echo "NATS: using the server that answers at $ZIRAAI_NATS_URL"
 else
-  bin="$(infra/scripts/ensure-nats-server.sh)"
-  echo "NATS: starting $("$bin" --version) on $nats_addr (store .run/nats-store, log .run/nats.log)"
-  "$bin" -c nats/dev.conf -a "${nats_addr%:*}" -p "${nats_addr##*:}" -sd .run/nats-store >.run/nats.log 2>&1 &
-  pids+=($!)
+  nats_bin="$(ZIRAAI_NATS_SERVER_BIN="$nats_bin" infra/scripts/ensure-nats-server.sh)"
+  echo "NATS: starting $("$nats_bin" --version) on $nats_addr (store $run_dir/nats-store, log $run_dir/nats.log)"
+  start nats-server "$nats_bin" -c nats/dev.conf -a "${nats_addr%:*}" -p "${nats_addr##*:}" \
+    -m "$nats_monitor_port" -sd "$run_dir/nats-store" >"$run_dir/nats.log" 2>&1
   wait_for "nats-server" 10 answers "$nats_addr"
 fi
 
-if answers "$ZIRAAI_GATEWAY_LISTEN"; then
-  echo "something already listens on $ZIRAAI_GATEWAY_LISTEN (another make run?); stop it or set ZIRAAI_GATEWAY_LISTEN" >&2
-  exit 1
-fi
-target/debug/ziraai-gateway &
-pids+=($!)
+refuse_busy "$ZIRAAI_GATEWAY_LISTEN" ZIRAAI_GATEWAY_LISTEN
+refuse_busy "$ZIRAAI_WORKER_LISTEN" ZIRAAI_WORKER_LISTEN
+refuse_busy "$ZIRAAI_DEV_ANALYZER_LISTEN" ZIRAAI_DEV_ANALYZER_LISTEN
+start "gateway (ziraai-gateway)" "$bin_dir/ziraai-gateway"
 wait_for "gateway readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_GATEWAY_LISTEN/health/ready"
-
-export ZIRAAI_WORKER_LISTEN="${ZIRAAI_WORKER_LISTEN:-127.0.0.1:8081}"
-export ZIRAAI_DEV_ANALYZER_LISTEN="${ZIRAAI_DEV_ANALYZER_LISTEN:-127.0.0.1:8082}"
-export ZIRAAI_ANALYZER_URL="${ZIRAAI_ANALYZER_URL:-http://$ZIRAAI_DEV_ANALYZER_LISTEN/analyze}"
-for addr in "$ZIRAAI_WORKER_LISTEN" "$ZIRAAI_DEV_ANALYZER_LISTEN"; do
-  if answers "$addr"; then
-    echo "something already listens on $addr; stop it or set ZIRAAI_WORKER_LISTEN / ZIRAAI_DEV_ANALYZER_LISTEN" >&2
-    exit 1
-  fi
-done
-target/debug/ziraai-worker dev-analyzer &
-pids+=($!)
-target/debug/ziraai-worker run &
-pids+=($!)
+start "development analyzer (ziraai-worker dev-analyzer)" "$bin_dir/ziraai-worker" dev-analyzer
+start "worker (ziraai-worker run)" "$bin_dir/ziraai-worker" run
 wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
-target/debug/ziraai-worker demo &
-pids+=($!)
+start "demo job submitter (ziraai-worker demo)" "$bin_dir/ziraai-worker" demo
 
+gw="$ZIRAAI_GATEWAY_LISTEN"
+user="$ZIRAAI_DEMO_USER"
+with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL"
+watch_cmd="$bin_dir/ziraai-gateway watch --url ws://$gw/ws --user $user"
+submit_cmd="$with_nats $bin_dir/ziraai-worker submit --user $user --analysis 42"
+publish_cmd="$with_nats $bin_dir/ziraai-worker publish --user $user --analysis 43 --result '{\"disease\":\"leaf rust\",\"confidence\":0.93}'"
+admin_cmd="curl -fsS -H \"Authorization: Bearer \$($bin_dir/ziraai-gateway token --user ops --role Admin)\" 'http://$gw/api/v1/admin/deliveries?userId=$user'"
+gateway_health_cmd="curl -fsS http://$gw/health"
+worker_health_cmd="curl -fsS http://$ZIRAAI_WORKER_LISTEN/health"
 cat <<MSG
 
-  ZiraAI Realtime is running (development).
-    Browser:   http://$ZIRAAI_GATEWAY_LISTEN/demo    (notifications for $ZIRAAI_DEMO_USER arrive every few seconds)
-    Terminal:  target/debug/ziraai-gateway watch --url ws://$ZIRAAI_GATEWAY_LISTEN/ws --user $ZIRAAI_DEMO_USER
-    Submit:    ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL target/debug/ziraai-worker submit --user $ZIRAAI_DEMO_USER --analysis 42
-    Publish:   ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL target/debug/ziraai-worker publish --user $ZIRAAI_DEMO_USER --analysis 43 --result '{"disease":"rust"}'
-    Health:    curl http://$ZIRAAI_GATEWAY_LISTEN/health    curl http://$ZIRAAI_WORKER_LISTEN/health
-  Pipeline:  demo submits a job to JOBS → worker calls the development analyzer (sample
-             results only) → publishes to NOTIFY → gateway pushes to the socket.
-  Ctrl-C stops everything.
+  ZiraAI Realtime is running (development). In a second terminal, at the repo root:
+    Browser:  http://$gw/demo   (notifications for $user, a new one every $demo_interval)
+    Watch:    $watch_cmd
+    Submit:   $submit_cmd
+    Publish:  $publish_cmd
+    Admin:    $admin_cmd
+    Health:   $gateway_health_cmd
+              $worker_health_cmd
+  Pipeline: demo submits a job to JOBS → worker calls the development analyzer (sample
+            results only) → publishes to NOTIFY → gateway pushes to the sockets.
+  These commands, one per line: $commands_file.   Ctrl-C stops everything.
 
 MSG
-wait -n "${pids[@]}" || true
-echo "a process exited on its own; stopping the rest" >&2
+# After the banner, so whoever reads the file finds the banner printed.
+printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" \
+  "$gateway_health_cmd" "$worker_health_cmd" >"$commands_file.tmp"
+mv "$commands_file.tmp" "$commands_file"
+
+dead=""
+status=0
+wait -n -p dead "${pids[@]}" || status=$?
+# A stop signal runs on_signal (which exits 0) before this line; reaching it means a
+# process ended by itself.
+for i in "${!pids[@]}"; do
+  if [ "${pids[i]}" = "$dead" ]; then
+    echo "${names[i]} (pid $dead) exited on its own with status $status; stopping the rest" >&2
+    unset 'pids[i]' 'names[i]'
+    pids=("${pids[@]}")
+    names=("${names[@]}")
+    break
+  fi
+done
 exit 1

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
 mod auth;
+mod banner;
 mod client_numbers;
 mod delivery;
 mod demo_page;
@@ -15,5 +16,6 @@ mod signalr;
 mod signalr_raw;
 mod signalr_stateful;
 mod soak;
+mod watch_cli;
 mod worker;
 mod worker_outcomes;

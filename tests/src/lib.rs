@@ -26,7 +26,7 @@ use ziraai_worker::{Published, Publisher};
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use nats_server::{NatsServer, PINNED_VERSION};
-pub use process::{ServiceProcess, bin_path, shipped_config_dir, workspace_dir};
+pub use process::{ServiceProcess, bin_path, send_signal, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
 pub use worker::{

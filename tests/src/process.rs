@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::{NatsServer, STEP};
+use crate::{NatsServer, STEP, within};
 
 /// Where the tests look for the shipped binaries: `ZIRAAI_TEST_BIN_DIR`, else
 /// `$CARGO_TARGET_DIR/debug`, else `<workspace>/target/debug`. Panics with the command
@@ -40,6 +40,17 @@ pub fn bin_path(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Sends `signal` (e.g. `-TERM`) to `target` (a pid, or `-<pgid>` for a group).
+pub async fn send_signal(signal: &str, target: &str) {
+    let status = within(
+        "kill",
+        Command::new("kill").args([signal, "--", target]).status(),
+    )
+    .await
+    .expect("kill runs");
+    assert!(status.success(), "kill {signal} {target} failed");
 }
 
 /// The repository's root.

@@ -8,6 +8,7 @@
 mod api;
 pub mod auth;
 mod backend;
+pub mod cli;
 pub mod cursors;
 mod demo;
 mod error;
@@ -20,7 +21,6 @@ pub mod signalr;
 mod socket;
 pub mod store;
 pub mod tracking;
-pub mod watch;
 mod ws;
 
 use std::future::Future;

@@ -22,8 +22,11 @@ enum Command {
     /// Publish one analysis outcome, wait for the PubAck, print the stream sequence
     /// (or `duplicate: stored earlier as N` when the analysis was published before).
     Publish {
+        /// User to notify (`notify.<user>`); `[A-Za-z0-9_-]{1,64}`.
         #[arg(long)]
         user: String,
+        /// Analysis id; the event id is `analysis-<id>`, so publishing it again is a
+        /// duplicate the stream drops.
         #[arg(long)]
         analysis: String,
         /// Publish analysis.failed instead of analysis.completed.
@@ -43,12 +46,16 @@ enum Command {
     Run,
     /// Submit a sample analysis job for the demo user every few seconds until stopped.
     Demo,
-    /// Submit one analysis job (what the platform does), wait until it is stored.
+    /// Submit one analysis job (what the platform does), wait until JOBS stored it,
+    /// print `submitted job <id> as <JOBS sequence>`.
     Submit {
+        /// User whose photo it is; the outcome is published to `notify.<user>`.
         #[arg(long)]
         user: String,
+        /// Analysis id passed to the analyzer and carried in the event.
         #[arg(long)]
         analysis: String,
+        /// URL of the plant photo passed to the analyzer.
         #[arg(long, default_value = "https://example.invalid/photo.jpg")]
         image: String,
         /// Job id (default: a new unique id).
@@ -66,7 +73,11 @@ async fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(config.log_format);
+    match cli.command {
+        Command::Run | Command::Demo | Command::DevAnalyzer => telemetry::init(config.log_format),
+        // One-shot tools: stdout is the result, logs only when something is wrong.
+        Command::Publish { .. } | Command::Submit { .. } => telemetry::init_cli(config.log_format),
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -163,8 +174,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             "imageUrl": image,
         });
         let seq = ziraai_worker::demo::submit_job(&js, &job).await?;
-        eprintln!("submitted job {} to JOBS", job["jobId"]);
-        println!("{seq}");
+        let id = job["jobId"].as_str().unwrap_or_default();
+        println!("submitted job {id} as {seq}");
         client.flush().await.context("flushing NATS")?;
         return Ok(());
     }

@@ -33,6 +33,8 @@ pub(super) const VARS: &[&str] = &[
     "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
     "ZIRAAI_SIGNALR_MAX_MESSAGE",
     "ZIRAAI_DEMO_USER",
+    // Read by `ziraai-gateway watch` (its `--token`), not by the server.
+    "ZIRAAI_TOKEN",
 ];
 
 /// A user id as the demo settings take it (gateway page and worker producer alike).
