@@ -1,6 +1,8 @@
 //! SIGTERM while the broker is unreachable: both binaries still exit 0 within their
-//! grace. (A final NATS flush or drain would otherwise wait for a reconnect that never
-//! comes: a `ziraai-worker run` stopped during a broker outage ran on for minutes.)
+//! grace, and the gateway's sockets get 1012. Found by this test: a final NATS flush or
+//! drain waited for a reconnect that never came (a `ziraai-worker run` stopped during
+//! an outage ran on for minutes), and a socket whose replay read was waiting on the
+//! broker ignored the drain, so the client saw no close frame at all.
 
 use std::time::{Duration, Instant};
 
