@@ -47,17 +47,34 @@ pids=()
 names=()
 start() { # name, command…: runs it in the background and remembers it
   local name="$1"; shift
-  "$@" &
+  # In its own session: a terminal's Ctrl-C reaches this script (and make) only, and
+  # the script stops the processes in order (newest first, NATS last).
+  setsid "$@" &
   pids+=($!)
   names+=("$name")
 }
+alive() { # pid: running (not exited, not a zombie waiting to be reaped)
+  local st
+  st="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [[ -n "$st" && "$st" != Z* ]]
+}
+stop_grace=15 # seconds a process gets after SIGTERM before SIGKILL
 stop_all() { # newest first, so NATS stops last
   set +e # keep stopping even if the terminal is gone and echo fails
-  local i
+  local i pid
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-    echo "stopped ${names[i]} (pid ${pids[i]})"
+    pid="${pids[i]}"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((stop_grace * 10))); do
+      alive "$pid" || break
+      sleep 0.1
+    done
+    if alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      echo "killed ${names[i]} (pid $pid): still running ${stop_grace}s after SIGTERM"
+    fi
+    wait "$pid" 2>/dev/null || true
+    echo "stopped ${names[i]} (pid $pid)"
   done
   pids=()
   names=()

@@ -172,7 +172,9 @@ pub fn mint(secret: &SecretString, user: &str, ttl_secs: i64) -> String {
 
 /// Like [`mint`], with `roles` in the `role` claim.
 pub fn mint_with_roles(secret: &SecretString, user: &str, ttl_secs: i64, roles: &[&str]) -> String {
-    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
+    let exp = time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .saturating_add(ttl_secs);
     let claims = json!({ "userId": user, "exp": exp, "role": roles });
     // HS256 with an in-memory key over a JSON object cannot fail.
     jsonwebtoken::encode(

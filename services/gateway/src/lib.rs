@@ -43,6 +43,8 @@ use crate::hub::Hub;
 use crate::store::EventStore;
 use crate::tracking::Tracking;
 
+/// Longest wait, after the sockets, for queued delivery-tracking records to go out.
+const FINAL_TRACKING_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest wait for the NATS connection to drain at the end of a shutdown.
 const FINAL_NATS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -200,7 +202,12 @@ impl App {
         }
         // Sessions have flushed their cursors and queued their last tracking records.
         self.tracking_stop.cancel();
-        let _ = tokio::time::timeout(grace, self.tracking_task).await;
+        if tokio::time::timeout(FINAL_TRACKING_FLUSH, self.tracking_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("delivery-tracking records still queued at exit; dropped");
+        }
         // Bounded: with the broker unreachable, a drain would wait for a reconnect
         // that may never come, and the process must still exit.
         match tokio::time::timeout(FINAL_NATS_DRAIN, state.client.drain()).await {

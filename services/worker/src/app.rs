@@ -24,6 +24,8 @@ use crate::analyzer::Analyzer;
 use crate::breaker::{Breaker, State as BreakerState};
 use crate::runner::{Counters, Runner};
 
+/// Longest wait, after the grace, for in-flight jobs to hand themselves back.
+const HAND_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for the final flush of the NATS connection at shutdown.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -148,7 +150,18 @@ impl WorkerApp {
                 "grace period over: handing back in-flight jobs"
             );
             hand_back.cancel();
-            tracker.wait().await;
+            // Bounded too: a job stuck publishing to an unreachable broker is simply
+            // not acknowledged, so the server redelivers it and the event's id
+            // de-duplicates a publish that did land.
+            if tokio::time::timeout(HAND_BACK_LIMIT, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    remaining = tracker.len(),
+                    "jobs still publishing after the grace; leaving them to redelivery"
+                );
+            }
         }
         let _ = http.await;
         // Bounded: with the broker unreachable a flush waits for a reconnect that may

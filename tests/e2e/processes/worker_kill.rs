@@ -25,7 +25,7 @@ async fn sigkill_of_the_worker_process_mid_job_ends_with_one_event_per_job() {
     .await;
     let max_in_flight = MAX_IN_FLIGHT.to_string();
     let vars = [
-        ("ZIRAAI_WORKER_ACK_WAIT", "1s"),
+        ("ZIRAAI_WORKER_ACK_WAIT", "3s"),
         ("ZIRAAI_WORKER_MAX_IN_FLIGHT", max_in_flight.as_str()),
     ];
     let mut first = ServiceProcess::worker(&nats, &analyzer.url, &vars).await;

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number means seconds).
+/// Longest duration any setting takes: one year.
+const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number means seconds), at most a year.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let s = raw.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -10,14 +13,19 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{raw:?} is not a duration like 250ms, 10s, 5m or 1h"))?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let secs_per_unit = match unit.trim() {
+        "ms" if n <= MAX_DURATION_SECS * 1000 => return Ok(Duration::from_millis(n)),
+        "ms" => return Err(format!("{raw:?} is too long (at most 8760h)")),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("{raw:?} has an unknown unit (use ms, s, m or h)")),
     };
-    Ok(d)
+    // A year bounds every setting (and keeps `Instant + d` from overflowing).
+    n.checked_mul(secs_per_unit)
+        .filter(|secs| *secs <= MAX_DURATION_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{raw:?} is too long (at most 8760h)"))
 }
 
 pub(super) fn parse_bool(raw: &str) -> Result<bool, String> {
@@ -46,6 +54,20 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration(" 1h "), Ok(Duration::from_secs(3600)));
+        // Overflowing seconds are an error, not a panic or a wrapped value.
+        for long in [
+            "9999999999999999h",
+            "8761h",
+            "31536001s",
+            "18446744073709551615ms",
+        ] {
+            let e = parse_duration(long).expect_err("too long");
+            assert!(e.contains("too long"), "{e}");
+        }
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(MAX_DURATION_SECS))
+        );
         for bad in ["", "s", "-1s", "1.5s", "3 weeks", "10d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

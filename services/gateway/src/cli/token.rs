@@ -43,10 +43,16 @@ pub enum TokenError {
     NoSecret,
 }
 
+/// Longest lifetime `--ttl` mints (a development token, not a credential to keep).
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
     match parse_duration(raw)? {
         d if d.is_zero() => Err("the lifetime must be above zero".into()),
-        d if d.as_secs() > i64::MAX as u64 => Err("the lifetime is too long".into()),
+        d if d > MAX_TTL => Err(format!(
+            "the lifetime must be at most {}h (30 days)",
+            MAX_TTL.as_secs() / 3600
+        )),
         d => Ok(d),
     }
 }
@@ -64,7 +70,7 @@ pub fn mint(args: &TokenArgs, config: &Config) -> Result<String, TokenError> {
         return Err(TokenError::NoSecret);
     }
     let roles: Vec<&str> = args.roles.iter().map(String::as_str).collect();
-    // parse_ttl bounds the lifetime to i64 seconds; a sub-second rest rounds up.
+    // parse_ttl bounds the lifetime to 30 days; a sub-second rest rounds up.
     let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
     Ok(auth::mint_with_roles(
         &config.auth.jwt_secret,
@@ -120,5 +126,10 @@ mod tests {
         assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
+        assert_eq!(parse_ttl("720h"), Ok(MAX_TTL));
+        let e = parse_ttl("721h").expect_err("over 30 days");
+        assert!(e.contains("at most 720h"), "{e}");
+        // Far beyond i64 seconds: refused, not an overflowing expiry.
+        assert!(parse_ttl("9999999999999999h").is_err());
     }
 }

@@ -329,6 +329,18 @@ async fn follow(
                         frame["resumedAfter"], frame["oldestAvailable"]
                     );
                 }
+                // Re-acknowledge what was printed before a reconnect: acks sent just
+                // before a gateway crash may not have reached the device's cursor, and
+                // nothing else would move it until the next event.
+                if let Some(seq) = *position
+                    && frame["resumedAfter"].as_u64() == Some(seq)
+                    && seq > 0
+                {
+                    let ack = format!("{{\"type\":\"ack\",\"seq\":{seq}}}");
+                    if let Err(e) = ws.send(Message::Text(ack.into())).await {
+                        return Ok(Ended::Lost(format!("connection lost: {e}")));
+                    }
+                }
             }
             Some("error") => eprintln!("watch: the gateway reports {text}"),
             _ => {}
