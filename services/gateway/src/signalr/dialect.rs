@@ -110,6 +110,8 @@ impl Dialect for SignalrDialect {
     fn farewell(&self, reason: &CloseReason) -> Vec<Message> {
         let error = match reason {
             CloseReason::Shutdown => "Server is restarting; reconnect.",
+            // The client reconnects and its accessTokenFactory supplies a fresh token.
+            CloseReason::TokenExpired => "token_expired",
             _ => CLOSED_WITH_ERROR,
         };
         // allowReconnect: the client's automatic reconnect resumes, losing nothing.
