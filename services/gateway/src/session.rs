@@ -259,3 +259,7 @@ mod tests;
 #[cfg(test)]
 #[path = "session_write_acks_tests.rs"]
 mod write_acks_tests;
+
+#[cfg(test)]
+#[path = "session_expiry_tests.rs"]
+mod expiry_tests;

@@ -138,3 +138,29 @@ impl Dialect for SignalrDialect {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_close_for_an_expired_token_allows_reconnect() {
+        let dialect = SignalrDialect {
+            protocol: HubProtocol::Json,
+            keepalive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            max_message: 1024,
+            stateful: None,
+        };
+        let farewell = dialect.farewell(&CloseReason::TokenExpired);
+        let Some(Message::Text(close)) = farewell.first() else {
+            panic!("{farewell:?}")
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(close.as_str().trim_end_matches('\u{1e}')).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({"type": 7, "error": "token_expired", "allowReconnect": true})
+        );
+    }
+}
