@@ -369,11 +369,31 @@ pub fn mint(secret: &SecretString, user: &str, ttl_secs: i64) -> String {
 /// Like [`mint`], with `roles` in the `role` claim.
 pub fn mint_with_roles(secret: &SecretString, user: &str, ttl_secs: i64, roles: &[&str]) -> String {
     let exp = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
-    let claims = json!({ "userId": user, "exp": exp, "role": roles });
+    sign_hs256(
+        secret,
+        &json!({ "userId": user, "exp": exp, "role": roles }),
+    )
+}
+
+/// Like [`mint_with_roles`], with the configured secret, plus the configured `iss`
+/// and `aud` so the gateway accepts it (`ziraai-gateway token`).
+pub fn mint_for(config: &AuthConfig, user: &str, ttl_secs: i64, roles: &[&str]) -> String {
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
+    let mut claims = json!({ "userId": user, "exp": exp, "role": roles });
+    if let Some(iss) = &config.issuer {
+        claims["iss"] = json!(iss);
+    }
+    if let Some(aud) = &config.audience {
+        claims["aud"] = json!(aud);
+    }
+    sign_hs256(&config.jwt_secret, &claims)
+}
+
+fn sign_hs256(secret: &SecretString, claims: &Value) -> String {
     // HS256 with an in-memory key over a JSON object cannot fail.
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
     )
     .unwrap_or_default()

@@ -41,6 +41,10 @@ pub enum TokenError {
     },
     #[error("no JWT secret configured")]
     NoSecret,
+    #[error(
+        "--ttl {ttl:?} is longer than ZIRAAI_JWT_MAX_TTL ({max:?}): the gateway would refuse the token"
+    )]
+    TtlTooLong { ttl: Duration, max: Duration },
 }
 
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
@@ -63,15 +67,17 @@ pub fn mint(args: &TokenArgs, config: &Config) -> Result<String, TokenError> {
     if config.auth.jwt_secret.expose_secret().is_empty() {
         return Err(TokenError::NoSecret);
     }
+    if args.ttl > config.auth.max_ttl {
+        return Err(TokenError::TtlTooLong {
+            ttl: args.ttl,
+            max: config.auth.max_ttl,
+        });
+    }
     let roles: Vec<&str> = args.roles.iter().map(String::as_str).collect();
     // parse_ttl bounds the lifetime to i64 seconds; a sub-second rest rounds up.
     let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-    Ok(auth::mint_with_roles(
-        &config.auth.jwt_secret,
-        &args.user,
-        ttl,
-        &roles,
-    ))
+    // With the configured issuer and audience, so the gateway accepts it.
+    Ok(auth::mint_for(&config.auth, &args.user, ttl, &roles))
 }
 
 #[cfg(test)]
@@ -120,5 +126,24 @@ mod tests {
         assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
+    }
+
+    #[test]
+    fn follows_the_configured_issuer_audience_and_longest_lifetime() {
+        let mut config = Config::development();
+        config.auth.issuer = Some("https://auth.ziraai.test".into());
+        config.auth.audience = Some("ziraai-realtime".into());
+        config.auth.max_ttl = Duration::from_secs(3600);
+        let token = mint(&args("ops", &[]), &config).expect("mints");
+        auth::Authenticator::from_config(&config.auth)
+            .expect("no key file")
+            .verify(&token)
+            .expect("a gateway with the same settings accepts it");
+        let long = TokenArgs {
+            ttl: Duration::from_secs(7200),
+            ..args("ops", &[])
+        };
+        let e = mint(&long, &config).expect_err("longer than the gateway accepts");
+        assert!(e.to_string().contains("ZIRAAI_JWT_MAX_TTL"), "{e}");
     }
 }
