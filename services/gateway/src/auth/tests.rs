@@ -163,6 +163,17 @@ fn issuer_and_audience_are_enforced_only_when_configured() {
         let err = strict.verify(&token(claims.clone())).expect_err(code);
         assert_eq!(err.code(), code, "{claims}");
     }
+    // Both missing: always the issuer first (a stable code, not hash order).
+    for _ in 0..20 {
+        let err = with(Rules {
+            issuer: Some("i".into()),
+            audience: Some("a".into()),
+            ..Rules::default()
+        })
+        .verify(&token(json!({"userId": "u", "exp": later()})))
+        .expect_err("both missing");
+        assert_eq!(err.code(), "token_bad_issuer");
+    }
 }
 
 #[test]
