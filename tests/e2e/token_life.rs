@@ -24,7 +24,8 @@ async fn a_native_socket_closes_with_token_expired_4001_after_exp_plus_leeway() 
     let nats = NatsServer::start().await;
     let gw = TestGateway::start_with(gateway_config(&nats, &[("ZIRAAI_JWT_LEEWAY", "1s")])).await;
     let u = user("exp");
-    let exp = exp_of(2);
+    // A few seconds: enough to connect on a loaded machine, short for the test.
+    let exp = exp_of(3);
     let t = token_with(&json!({"userId": u.as_str(), "exp": exp}));
     let mut c = WsClient::connect(&gw.ws_url(), Some(&t), None)
         .await
@@ -70,7 +71,7 @@ async fn a_refresh_moves_the_expiry_and_the_socket_keeps_receiving() {
     let publisher = nats.publisher().await;
     for offer in [None, Some("ziraai.v1.msgpack")] {
         let u = user("refresh");
-        let old_exp = exp_of(2);
+        let old_exp = exp_of(3);
         let t = token_with(&json!({"userId": u.as_str(), "exp": old_exp}));
         let mut c = WsClient::connect(&gw.ws_url(), Some(&t), offer)
             .await
@@ -256,7 +257,8 @@ async fn the_signalr_client_gets_token_expired_and_reconnects_with_a_fresh_token
     let u = user("sr-exp");
     let mut c = JsClient::start(JsOptions {
         url: gw.hub_url(),
-        token: short_token(&u, 3),
+        // Node starts before it connects: leave it time on a loaded machine.
+        token: short_token(&u, 6),
         protocol: "json",
         reconnect: true,
         ..JsOptions::default()
