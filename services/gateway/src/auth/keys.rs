@@ -194,3 +194,7 @@ fn b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
 }
+
+#[cfg(test)]
+#[path = "keys_tests.rs"]
+mod tests;
