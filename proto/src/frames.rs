@@ -100,6 +100,11 @@ pub enum ServerFrame {
         code: String,
         message: String,
     },
+    /// Answer to a client `auth` frame: the socket now lives until `expiresAt`
+    /// (RFC 3339, the new token's `exp`; the server's leeway comes on top).
+    Authenticated {
+        expires_at: String,
+    },
 }
 
 /// Frames a client may send.
@@ -110,6 +115,10 @@ pub enum ClientFrame {
     /// Acknowledges every event up to and including `seq`.
     Ack {
         seq: u64,
+    },
+    /// In-band refresh: a fresh token for the same user moves the socket's expiry.
+    Auth {
+        token: String,
     },
 }
 
@@ -294,5 +303,34 @@ mod tests {
             Ok(Some(Protocol::Json))
         );
         assert!(Protocol::negotiate(["graphql-ws"]).is_err());
+    }
+
+    #[test]
+    fn refresh_frames() {
+        assert_eq!(
+            ClientFrame::from_json(r#"{"type":"auth","token":"a.b.c"}"#).ok(),
+            Some(ClientFrame::Auth {
+                token: "a.b.c".into()
+            })
+        );
+        let packed =
+            rmp_serde::to_vec_named(&json!({"type": "auth", "token": "t"})).expect("encode");
+        assert_eq!(
+            ClientFrame::from_msgpack(&packed).ok(),
+            Some(ClientFrame::Auth { token: "t".into() })
+        );
+        assert!(matches!(
+            ClientFrame::from_json(r#"{"type":"auth"}"#),
+            Err(ClientFrameError::Unsupported(_))
+        ));
+        let done = ServerFrame::Authenticated {
+            expires_at: "2026-11-26T06:00:00Z".into(),
+        };
+        assert_eq!(
+            done.to_json(),
+            r#"{"type":"authenticated","expiresAt":"2026-11-26T06:00:00Z"}"#
+        );
+        let m: ServerFrame = rmp_serde::from_slice(&done.to_msgpack()).expect("msgpack");
+        assert_eq!(m, done);
     }
 }

@@ -16,6 +16,7 @@ mod signalr;
 mod signalr_raw;
 mod signalr_stateful;
 mod soak;
+mod token_life;
 mod watch_cli;
 mod worker;
 mod worker_outcomes;

@@ -4,6 +4,7 @@
 // Every observation is printed as one JSON line on stdout; commands arrive on stdin:
 //   "invoke <method>"  call a hub method and print the result or the error
 //   "stop"             stop the connection and exit
+//   "token <jwt>"      the token accessTokenFactory returns from now on (reconnects)
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import readline from "node:readline";
@@ -46,6 +47,9 @@ rl.on("line", async (line) => {
     } catch (e) {
       out({ event: "invokeFailed", error: String(e.message ?? e) });
     }
+  } else if (cmd === "token") {
+    cfg.token = arg;
+    out({ event: "tokenSet" });
   } else if (cmd === "stop") {
     await connection.stop();
     process.exit(0);

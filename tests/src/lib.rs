@@ -5,6 +5,7 @@
 mod browser;
 mod client;
 mod isolated;
+mod keys;
 mod nats_server;
 mod process;
 mod proxy;
@@ -25,6 +26,7 @@ use ziraai_worker::{Published, Publisher};
 
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
+pub use keys::{TestKey, short_token, token_with, unix_now};
 pub use nats_server::{NatsServer, PINNED_VERSION};
 pub use process::{ServiceProcess, bin_path, send_signal, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;

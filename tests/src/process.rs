@@ -274,6 +274,18 @@ impl ServiceProcess {
         assert!(status.success(), "kill -TERM {pid} failed: {status}");
     }
 
+    /// Sends SIGHUP (the gateway re-reads its public key file).
+    pub fn sighup(&self) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} already exited", self.name));
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -HUP {pid} failed: {status}");
+    }
+
     /// Sends SIGKILL: no drain, no flush, every socket cut by the kernel.
     pub fn sigkill(&mut self) {
         self.child

@@ -100,7 +100,12 @@ impl JsClient {
         v["data"].clone()
     }
 
-    /// Sends a command line (`invoke <method>`, `stop`).
+    /// The token the client's `accessTokenFactory` returns from now on (reconnects).
+    pub async fn set_token(&mut self, token: &str) {
+        self.command(&format!("token {token}")).await;
+    }
+
+    /// Sends a command line (`invoke <method>`, `stop`, `token <jwt>`).
     pub async fn command(&mut self, cmd: &str) {
         within(
             "JS client command",

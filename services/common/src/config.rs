@@ -72,6 +72,11 @@ pub const DEFAULT_WORKER_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Demo producer: user and interval.
 pub const DEFAULT_DEMO_USER: &str = "demo-farmer";
 pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest lifetime a client token may still have when presented (`ZIRAAI_JWT_MAX_TTL`).
+pub const DEFAULT_JWT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Clock skew tolerated on a token's `exp` and `nbf` (`ZIRAAI_JWT_LEEWAY`); a socket
+/// closes this long after its token's `exp`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Which deployment this is; selects the file under `infra/config/` and the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +173,16 @@ pub struct AuthConfig {
     pub jwt_secret: SecretString,
     /// True when the built-in development secret is in use.
     pub dev_secret: bool,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim (one of the token's audiences), when set.
+    pub audience: Option<String>,
+    /// Tokens whose `exp` lies further ahead than this are refused.
+    pub max_ttl: Duration,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// PEM or JWKS file of public keys for RS256/ES256 tokens (re-read on SIGHUP).
+    pub public_keys_file: Option<std::path::PathBuf>,
 }
 
 /// Worker settings: the job consumer, the analyzer, the breaker, the demo.

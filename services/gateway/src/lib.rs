@@ -52,7 +52,7 @@ const FINAL_NATS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) struct AppState {
     pub(crate) env: Environment,
     pub(crate) cfg: GatewayConfig,
-    pub(crate) auth: Authenticator,
+    pub(crate) auth: Arc<Authenticator>,
     /// Signs SignalR connection tokens.
     pub(crate) auth_secret: secrecy::SecretString,
     pub(crate) hub: Arc<Hub>,
@@ -89,6 +89,8 @@ pub struct App {
 impl App {
     /// Connects to NATS, applies the stream definitions, binds the listener.
     pub async fn build(config: GatewayServiceConfig) -> anyhow::Result<Self> {
+        // First: a bad public key file is a configuration error (exit 2), found fast.
+        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         let gateway_id = format!("gw-{}", nuid::next());
         let (client, resync) =
             nats::connect_observed(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;
@@ -119,7 +121,7 @@ impl App {
             .then(|| demo::Demo::new(&config));
         let state = Arc::new(AppState {
             env: config.env,
-            auth: Authenticator::new(&config.auth.jwt_secret),
+            auth,
             auth_secret: config.auth.jwt_secret.clone(),
             metrics_allow: config.metrics_allow.clone(),
             hub: Hub::new(
@@ -160,6 +162,13 @@ impl App {
     /// This gateway's id (in logs, `/health` and connection ids).
     pub fn gateway_id(&self) -> &str {
         &self.state.gateway_id
+    }
+
+    /// Handle that re-reads the public key file (`main` calls it on SIGHUP).
+    pub fn key_reloader(&self) -> KeyReloader {
+        KeyReloader {
+            state: self.state.clone(),
+        }
     }
 
     /// Handle to observe the running gateway from tests.
@@ -220,6 +229,25 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Re-reads `ZIRAAI_JWT_PUBLIC_KEYS_FILE` so keys rotate without a restart.
+#[derive(Clone)]
+pub struct KeyReloader {
+    state: Arc<AppState>,
+}
+
+impl KeyReloader {
+    /// Swaps in the file's keys; a bad file keeps the current ones (logged as an error).
+    pub fn reload(&self) {
+        match self.state.auth.reload_keys() {
+            Ok(0) => tracing::info!("reload asked; no ZIRAAI_JWT_PUBLIC_KEYS_FILE is configured"),
+            Ok(keys) => tracing::info!(keys, "public keys reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "public keys not reloaded; the previous keys stay in use")
+            }
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 
 use clap::{Parser, Subcommand};
 use ziraai_common::{GatewayServiceConfig as Config, shutdown, telemetry};
-use ziraai_gateway::App;
+use ziraai_gateway::auth::KeysError;
 use ziraai_gateway::cli::{token, watch};
+use ziraai_gateway::{App, KeyReloader};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,11 @@ async fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A bad public key file is a configuration error, like the config's own.
+        Err(e) if e.downcast_ref::<KeysError>().is_some() => {
+            eprintln!("ziraai-gateway: {e}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("ziraai-gateway: {e:#}");
             std::process::ExitCode::FAILURE
@@ -72,10 +78,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let env = config.env;
     let app = App::build(config).await?;
+    let reload = reload_on_sighup(app.key_reloader());
     let addr = app.local_addr()?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), env = env.as_str(), gateway_id = app.gateway_id(), %addr, "gateway listening");
     if env == ziraai_common::Environment::Development {
         tracing::info!("demo page (development only): http://{addr}/demo");
     }
-    app.run_until_stopped(shutdown::signal()).await
+    tokio::select! {
+        result = app.run_until_stopped(shutdown::signal()) => result,
+        () = reload => unreachable!("the SIGHUP loop never ends"),
+    }
+}
+
+/// Re-reads the public key file at every SIGHUP (registered before this returns, so
+/// a SIGHUP after the "listening" line never kills the process).
+fn reload_on_sighup(keys: KeyReloader) -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup());
+    async move {
+        match hup {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading public keys");
+                    keys.reload();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; keys reload only on restart")
+            }
+        }
+        std::future::pending::<()>().await;
+    }
 }

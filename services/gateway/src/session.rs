@@ -23,6 +23,7 @@ use crate::tracking::TrackKind;
 
 mod conn;
 pub mod native;
+pub mod refresh;
 
 pub use native::close_code;
 
@@ -48,6 +49,10 @@ pub enum CloseReason {
     Internal,
     /// The stream could not be read to replay or fill a gap; reconnect to resume.
     Unavailable,
+    /// The socket's token expired (its `exp` plus the leeway passed).
+    TokenExpired,
+    /// A token sent on the socket (native `auth` frame) was refused: its auth error code.
+    AuthRefused { code: &'static str, message: String },
 }
 
 /// Shared between a socket's session and the hub.
@@ -149,6 +154,8 @@ pub enum Inbound {
     Close(CloseReason),
     /// The client ends the session.
     Gone,
+    /// The client presented a fresh token: the socket now closes at this instant.
+    Expiry(tokio::time::Instant),
 }
 
 /// A wire protocol spoken over the socket.
@@ -179,6 +186,8 @@ pub struct Session<B> {
     /// Bumped when the gateway's NATS connection came back: re-sync from the stream.
     pub resync: watch::Receiver<u64>,
     pub stats: Arc<Stats>,
+    /// When the socket's token expires (its `exp` plus the leeway); `None`: never.
+    pub expires: Option<tokio::time::Instant>,
 }
 
 /// How serving a socket stopped.
@@ -250,3 +259,7 @@ mod tests;
 #[cfg(test)]
 #[path = "session_write_acks_tests.rs"]
 mod write_acks_tests;
+
+#[cfg(test)]
+#[path = "session_expiry_tests.rs"]
+mod expiry_tests;

@@ -152,6 +152,7 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         protocol,
         welcome,
         ping_interval: PING_INTERVAL,
+        refresh: None,
     };
     let session = Session {
         limits: LIMITS,
@@ -160,6 +161,7 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         shutdown: shutdown.clone(),
         resync: resync_rx,
         stats: Arc::new(Stats::default()),
+        expires: None,
     };
     let session = tokio::spawn(run(
         TestSocket { inbound, outbound },

@@ -54,6 +54,7 @@ async fn written_events_count_as_received_only_once_the_client_is_heard_after_th
         protocol: Protocol::Json,
         welcome: ServerFrame::Pong,
         ping_interval: PING_INTERVAL,
+        refresh: None,
     });
     let session = Session {
         limits: LIMITS,
@@ -62,6 +63,7 @@ async fn written_events_count_as_received_only_once_the_client_is_heard_after_th
         shutdown: shutdown.clone(),
         resync: resync_rx,
         stats: Arc::new(Stats::default()),
+        expires: None,
     };
     let task = tokio::spawn(run(
         TestSocket { inbound, outbound },

@@ -159,6 +159,8 @@ pub(crate) struct Admitted {
     user: UserId,
     device: Option<DeviceId>,
     tracked: TaskTrackerToken,
+    /// When the socket's token expires (`exp` plus the leeway).
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Admitted {
@@ -169,7 +171,14 @@ impl Admitted {
             user,
             device,
             tracked,
+            expires: None,
         }
+    }
+
+    /// The socket closes (`token_expired`) when `identity`'s token expires.
+    pub(crate) fn until_expiry_of(mut self, identity: &Identity) -> Self {
+        self.expires = Some(self.app.auth.deadline(identity));
+        self
     }
 
     pub(crate) fn app(&self) -> &Arc<AppState> {
@@ -194,6 +203,7 @@ impl Admitted {
             user,
             device,
             tracked,
+            expires,
         } = self;
         let membership = app.hub.join(user.clone(), encoding, app.cfg.outbound_queue);
         if let Err(e) = membership.guard.ready(app.cfg.subscribe_timeout).await {
@@ -225,6 +235,7 @@ impl Admitted {
             shutdown: app.shutdown.clone(),
             resync: app.resync.clone(),
             stats: app.stats.clone(),
+            expires,
         };
         Ok(SocketStart {
             app,

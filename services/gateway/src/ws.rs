@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::error::{ApiError, refuse, unavailable};
 use crate::event::Encoding;
 use crate::session::native::NativeDialect;
+use crate::session::refresh::Refresh;
 use crate::socket::{Admitted, admit, resume_params, resume_point, sized};
 
 pub(crate) async fn upgrade(
@@ -29,7 +30,7 @@ pub(crate) async fn upgrade(
     let chosen = subprotocol(&headers)?;
     let (since, device) = resume_params(&query)?;
     let ws = ws.map_err(|e| refuse(e.status(), "not_a_websocket", e.body_text()))?;
-    let user = identity.user_id;
+    let user = identity.user_id.clone();
     let resume = resume_point(&app, &user, since, device.as_ref()).await?;
     let protocol = chosen.unwrap_or(Protocol::Json);
     let device_id = device.as_ref().map(ToString::to_string);
@@ -39,7 +40,12 @@ pub(crate) async fn upgrade(
         ws = ws.protocols([p.subprotocol()]);
     }
     let user_id = user.to_string();
+    let refresh = Refresh {
+        auth: app.auth.clone(),
+        user: user.clone(),
+    };
     let start = Admitted::new(app, user, device)
+        .until_expiry_of(&identity)
         .start(Encoding::Native(protocol), None, resume.start_after)
         .await
         .map_err(|e| unavailable(&e))?;
@@ -55,6 +61,7 @@ pub(crate) async fn upgrade(
         protocol,
         welcome,
         ping_interval,
+        refresh: Some(refresh),
     };
     Ok(ws.on_upgrade(move |socket: WebSocket| start.serve(socket, dialect)))
 }

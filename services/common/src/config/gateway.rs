@@ -35,6 +35,11 @@ pub(super) const VARS: &[&str] = &[
     "ZIRAAI_DEMO_USER",
     // Read by `ziraai-gateway watch` (its `--token`), not by the server.
     "ZIRAAI_TOKEN",
+    "ZIRAAI_JWT_ISSUER",
+    "ZIRAAI_JWT_AUDIENCE",
+    "ZIRAAI_JWT_MAX_TTL",
+    "ZIRAAI_JWT_LEEWAY",
+    "ZIRAAI_JWT_PUBLIC_KEYS_FILE",
 ];
 
 /// A user id as the demo settings take it (gateway page and worker producer alike).
@@ -172,8 +177,37 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
     gateway
 }
 
-/// Token verification: the JWT secret, required outside development.
+/// Token verification: the JWT secret (required outside development) and the claim
+/// rules (issuer, audience, longest lifetime, leeway, public keys).
 pub(super) fn auth(l: &mut Loader<'_>, env: Environment) -> AuthConfig {
+    let (jwt_secret, dev_secret) = jwt_secret(l, env);
+    let text = |s: &str| Ok(Some(s.trim().to_owned()));
+    AuthConfig {
+        jwt_secret,
+        dev_secret,
+        issuer: l.pick("ZIRAAI_JWT_ISSUER", None, None, text),
+        audience: l.pick("ZIRAAI_JWT_AUDIENCE", None, None, text),
+        max_ttl: l.pick(
+            "ZIRAAI_JWT_MAX_TTL",
+            None,
+            DEFAULT_JWT_MAX_TTL,
+            parse_nonzero_duration,
+        ),
+        leeway: l.pick(
+            "ZIRAAI_JWT_LEEWAY",
+            None,
+            DEFAULT_JWT_LEEWAY,
+            parse_duration,
+        ),
+        // Read (and checked) by the gateway at start-up and on SIGHUP.
+        public_keys_file: l.pick("ZIRAAI_JWT_PUBLIC_KEYS_FILE", None, None, |s| {
+            Ok(Some(std::path::PathBuf::from(s)))
+        }),
+    }
+}
+
+/// The HS256 secret and whether it is the built-in development one.
+fn jwt_secret(l: &mut Loader<'_>, env: Environment) -> (SecretString, bool) {
     match (l.secret("ZIRAAI_JWT_SECRET"), env) {
         (Some(secret), _) => {
             let s = secret.expose_secret();
@@ -191,25 +225,17 @@ pub(super) fn auth(l: &mut Loader<'_>, env: Environment) -> AuthConfig {
                     ));
                 }
             }
-            AuthConfig {
-                dev_secret: s == DEV_JWT_SECRET,
-                jwt_secret: secret,
-            }
+            let dev = s == DEV_JWT_SECRET;
+            (secret, dev)
         }
         // The gateway warns at start-up that the built-in secret is in use.
-        (None, Environment::Development) => AuthConfig {
-            jwt_secret: SecretString::from(DEV_JWT_SECRET),
-            dev_secret: true,
-        },
+        (None, Environment::Development) => (SecretString::from(DEV_JWT_SECRET), true),
         (None, env) => {
             l.errors.push(format!(
                 "ZIRAAI_JWT_SECRET (or ZIRAAI_JWT_SECRET_FILE) must be set in {}: at least {MIN_SECRET_BYTES} random bytes",
                 env.as_str()
             ));
-            AuthConfig {
-                jwt_secret: SecretString::from(""),
-                dev_secret: false,
-            }
+            (SecretString::from(""), false)
         }
     }
 }

@@ -269,3 +269,34 @@ fn with_the_shipped_files_a_worker_starts_without_the_secret_a_gateway_does_not(
         assert!(e[0].starts_with("ZIRAAI_JWT_SECRET"), "{env}: {e:?}");
     }
 }
+
+#[test]
+fn token_rules_default_and_parse() {
+    let c = GatewayServiceConfig::load(&vars(&[])).expect("defaults load");
+    assert_eq!(c.auth.issuer, None);
+    assert_eq!(c.auth.audience, None);
+    assert_eq!(c.auth.max_ttl, super::super::DEFAULT_JWT_MAX_TTL);
+    assert_eq!(c.auth.max_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(c.auth.leeway, Duration::from_secs(30));
+    assert_eq!(c.auth.public_keys_file, None);
+    let c = GatewayServiceConfig::load(&vars(&[
+        ("ZIRAAI_JWT_ISSUER", "https://auth.ziraai.com"),
+        ("ZIRAAI_JWT_AUDIENCE", "ziraai-realtime"),
+        ("ZIRAAI_JWT_MAX_TTL", "2h"),
+        ("ZIRAAI_JWT_LEEWAY", "0s"),
+        ("ZIRAAI_JWT_PUBLIC_KEYS_FILE", "/etc/ziraai/jwks.json"),
+    ]))
+    .expect("loads");
+    assert_eq!(c.auth.issuer.as_deref(), Some("https://auth.ziraai.com"));
+    assert_eq!(c.auth.audience.as_deref(), Some("ziraai-realtime"));
+    assert_eq!(c.auth.max_ttl, Duration::from_secs(7200));
+    assert_eq!(c.auth.leeway, Duration::ZERO);
+    assert_eq!(
+        c.auth.public_keys_file.as_deref(),
+        Some(std::path::Path::new("/etc/ziraai/jwks.json"))
+    );
+    let e = errors(&[("ZIRAAI_JWT_MAX_TTL", "0s"), ("ZIRAAI_JWT_LEEWAY", "soon")]);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("ZIRAAI_JWT_MAX_TTL"), "{e:?}");
+    assert!(e[1].starts_with("ZIRAAI_JWT_LEEWAY"), "{e:?}");
+}

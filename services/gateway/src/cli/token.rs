@@ -41,18 +41,17 @@ pub enum TokenError {
     },
     #[error("no JWT secret configured")]
     NoSecret,
+    #[error(
+        "--ttl {ttl:?} is longer than ZIRAAI_JWT_MAX_TTL ({max:?}): the gateway would refuse the token"
+    )]
+    TtlTooLong { ttl: Duration, max: Duration },
 }
 
-/// Longest lifetime `--ttl` mints (a development token, not a credential to keep).
-const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
+/// A lifetime: the configuration's duration syntax (at most a year), above zero; the
+/// configured `ZIRAAI_JWT_MAX_TTL` bounds it further when minting.
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
     match parse_duration(raw)? {
         d if d.is_zero() => Err("the lifetime must be above zero".into()),
-        d if d > MAX_TTL => Err(format!(
-            "the lifetime must be at most {}h (30 days)",
-            MAX_TTL.as_secs() / 3600
-        )),
         d => Ok(d),
     }
 }
@@ -69,15 +68,17 @@ pub fn mint(args: &TokenArgs, config: &Config) -> Result<String, TokenError> {
     if config.auth.jwt_secret.expose_secret().is_empty() {
         return Err(TokenError::NoSecret);
     }
+    if args.ttl > config.auth.max_ttl {
+        return Err(TokenError::TtlTooLong {
+            ttl: args.ttl,
+            max: config.auth.max_ttl,
+        });
+    }
     let roles: Vec<&str> = args.roles.iter().map(String::as_str).collect();
-    // parse_ttl bounds the lifetime to 30 days; a sub-second rest rounds up.
+    // The max TTL bounds the lifetime (at most a year); a sub-second rest rounds up.
     let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-    Ok(auth::mint_with_roles(
-        &config.auth.jwt_secret,
-        &args.user,
-        ttl,
-        &roles,
-    ))
+    // With the configured issuer and audience, so the gateway accepts it.
+    Ok(auth::mint_for(&config.auth, &args.user, ttl, &roles))
 }
 
 #[cfg(test)]
@@ -126,10 +127,26 @@ mod tests {
         assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
-        assert_eq!(parse_ttl("720h"), Ok(MAX_TTL));
-        let e = parse_ttl("721h").expect_err("over 30 days");
-        assert!(e.contains("at most 720h"), "{e}");
         // Far beyond i64 seconds: refused, not an overflowing expiry.
         assert!(parse_ttl("9999999999999999h").is_err());
+    }
+
+    #[test]
+    fn follows_the_configured_issuer_audience_and_longest_lifetime() {
+        let mut config = Config::development();
+        config.auth.issuer = Some("https://auth.ziraai.test".into());
+        config.auth.audience = Some("ziraai-realtime".into());
+        config.auth.max_ttl = Duration::from_secs(3600);
+        let token = mint(&args("ops", &[]), &config).expect("mints");
+        auth::Authenticator::from_config(&config.auth)
+            .expect("no key file")
+            .verify(&token)
+            .expect("a gateway with the same settings accepts it");
+        let long = TokenArgs {
+            ttl: Duration::from_secs(7200),
+            ..args("ops", &[])
+        };
+        let e = mint(&long, &config).expect_err("longer than the gateway accepts");
+        assert!(e.to_string().contains("ZIRAAI_JWT_MAX_TTL"), "{e}");
     }
 }

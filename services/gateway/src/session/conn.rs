@@ -47,9 +47,17 @@ pub(super) struct Conn<S, B, D> {
     unconfirmed: VecDeque<(Instant, u64)>,
     cursor_dirty: bool,
     last_cursor_save: Option<Instant>,
+    /// Fires when the socket's token expires; moved by a refresh.
+    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 type Step = Result<(), Stop>;
+
+/// A deadline that never comes in practice (a socket without a token expiry).
+fn far_future() -> Instant {
+    // About 30 years: far enough, and far from `Instant`'s overflow.
+    Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600)
+}
 
 impl<S, E, B, D> Conn<S, B, D>
 where
@@ -65,6 +73,7 @@ where
         s: Session<B>,
         d: D,
     ) -> Self {
+        let expires = s.expires.unwrap_or_else(far_future);
         Self {
             socket,
             queue,
@@ -78,6 +87,7 @@ where
             unconfirmed: VecDeque::new(),
             cursor_dirty: false,
             last_cursor_save: None,
+            expiry: Box::pin(tokio::time::sleep_until(expires)),
         }
     }
 
@@ -143,6 +153,7 @@ where
                     }
                 }
                 _ = cursor_tick.tick() => self.save_cursor_if_dirty().await,
+                () = &mut self.expiry => return Err(Stop::Close(CloseReason::TokenExpired)),
             }
         }
     }
@@ -274,6 +285,7 @@ where
                 Inbound::Ack(seq) => self.ack(seq).await,
                 Inbound::Close(reason) => return Err(Stop::Close(reason)),
                 Inbound::Gone => return Err(Stop::Gone),
+                Inbound::Expiry(at) => self.expiry.as_mut().reset(at),
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message};
 use ziraai_proto::{ClientFrame, ClientFrameError, Protocol, ServerFrame};
 
+use super::refresh::Refresh;
 use super::{CloseReason, Dialect, Inbound, Keepalive};
 use crate::event::{Encoding, native_frame};
 
@@ -20,6 +21,8 @@ pub mod close_code {
     pub const INTERNAL: u16 = 1011;
     pub const RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The socket's token expired: reconnect (or refresh earlier) with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// The native dialect of one socket.
@@ -28,6 +31,8 @@ pub struct NativeDialect {
     pub welcome: ServerFrame,
     /// WebSocket ping interval; a client silent for three intervals is closed.
     pub ping_interval: Duration,
+    /// Accepts `auth` frames; without it they are unsupported.
+    pub refresh: Option<Refresh>,
 }
 
 impl CloseReason {
@@ -61,6 +66,14 @@ impl CloseReason {
                 )),
             ),
             Self::Internal => (INTERNAL, None),
+            Self::TokenExpired => (
+                TOKEN_EXPIRED,
+                Some((
+                    "token_expired",
+                    "the token expired; reconnect with a fresh one (or send an auth frame before it expires)".into(),
+                )),
+            ),
+            Self::AuthRefused { code, message } => (POLICY, Some((code, message.clone()))),
         }
     }
 
@@ -74,6 +87,8 @@ impl CloseReason {
             Self::Shutdown => "gateway restarting; reconnect",
             Self::Internal => "internal error",
             Self::Unavailable => "event log unavailable; reconnect",
+            Self::TokenExpired => "token expired",
+            Self::AuthRefused { .. } => "token refused",
         }
     }
 }
@@ -98,6 +113,12 @@ impl Dialect for NativeDialect {
                 Inbound::Reply(native_frame(&ServerFrame::Pong, self.protocol))
             }
             Ok(ClientFrame::Ack { seq }) => Inbound::Ack(seq),
+            Ok(ClientFrame::Auth { token }) => match &self.refresh {
+                Some(r) => return r.handle(&token, self.protocol),
+                None => Inbound::Close(CloseReason::Unsupported(
+                    "auth frames are not accepted on this socket".into(),
+                )),
+            },
             Err(ClientFrameError::Undecodable(what)) => Inbound::Close(CloseReason::Undecodable(
                 format!("frame is not valid {what}"),
             )),

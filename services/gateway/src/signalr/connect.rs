@@ -37,7 +37,8 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let user = admit(&app, &headers, &query)?.user_id;
+    let identity = admit(&app, &headers, &query)?;
+    let user = identity.user_id.clone();
     let (connection_id, stateful) = identify_connection(&app, &user, query.get("id"))?;
     let resuming = load_resume_record(&app, &connection_id, stateful).await?;
     let (since, device) = resume_params(&query)?;
@@ -46,7 +47,7 @@ pub(crate) async fn upgrade(
     let max_message = app.cfg.signalr_max_message;
     let ws = sized(ws, max_message * MESSAGES_PER_FRAME);
     let accepted = Accepted {
-        admitted: Admitted::new(app, user, device),
+        admitted: Admitted::new(app, user, device).until_expiry_of(&identity),
         connection_id,
         stateful,
         resuming,

@@ -110,6 +110,8 @@ impl Dialect for SignalrDialect {
     fn farewell(&self, reason: &CloseReason) -> Vec<Message> {
         let error = match reason {
             CloseReason::Shutdown => "Server is restarting; reconnect.",
+            // The client reconnects and its accessTokenFactory supplies a fresh token.
+            CloseReason::TokenExpired => "token_expired",
             _ => CLOSED_WITH_ERROR,
         };
         // allowReconnect: the client's automatic reconnect resumes, losing nothing.
@@ -134,5 +136,31 @@ impl Dialect for SignalrDialect {
         if let Some(st) = self.stateful.as_mut() {
             st.sent_event(seq);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_close_for_an_expired_token_allows_reconnect() {
+        let dialect = SignalrDialect {
+            protocol: HubProtocol::Json,
+            keepalive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            max_message: 1024,
+            stateful: None,
+        };
+        let farewell = dialect.farewell(&CloseReason::TokenExpired);
+        let Some(Message::Text(close)) = farewell.first() else {
+            panic!("{farewell:?}")
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(close.as_str().trim_end_matches('\u{1e}')).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({"type": 7, "error": "token_expired", "allowReconnect": true})
+        );
     }
 }
