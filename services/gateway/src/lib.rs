@@ -9,6 +9,7 @@ mod api;
 pub mod auth;
 mod backend;
 pub mod cli;
+mod conn_limit;
 pub mod cursors;
 mod demo;
 mod error;
@@ -71,6 +72,8 @@ pub(crate) struct AppState {
     pub(crate) metrics_allow: Vec<ziraai_common::metrics::IpRange>,
     /// Present in development with the demo page on: the secret to mint demo tokens.
     pub(crate) demo: Option<demo::Demo>,
+    /// The cluster-wide per-user connection limit.
+    pub(crate) conn_limit: Arc<conn_limit::ConnLimit>,
 }
 
 /// A bound, connected gateway, not yet serving.
@@ -79,6 +82,7 @@ pub struct App {
     state: Arc<AppState>,
     tracking_stop: CancellationToken,
     tracking_task: tokio::task::JoinHandle<()>,
+    limit_tasks: conn_limit::tasks::Tasks,
 }
 
 impl App {
@@ -94,10 +98,19 @@ impl App {
         let resumes = signalr::Resumes::new(&js)
             .await
             .map_err(anyhow::Error::msg)?;
+        let tracker = TaskTracker::new();
+        let conn_limit = conn_limit::ConnLimit::new(
+            &js,
+            client.clone(),
+            &gateway_id,
+            &config.gateway,
+            tracker.clone(),
+        )
+        .await?;
+        let limit_tasks = conn_limit.start().await?;
         let listener = TcpListener::bind(config.gateway.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
-        let tracker = TaskTracker::new();
         let stats = Arc::new(Stats::default());
         let tracking_stop = CancellationToken::new();
         let (tracking, tracking_task) = if config.gateway.delivery_tracking {
@@ -138,12 +151,14 @@ impl App {
             connections: AtomicUsize::new(0),
             gateway_id,
             demo,
+            conn_limit,
         });
         Ok(Self {
             listener,
             state,
             tracking_stop,
             tracking_task,
+            limit_tasks,
         })
     }
 
@@ -198,6 +213,7 @@ impl App {
         // Sessions have flushed their cursors and queued their last tracking records.
         self.tracking_stop.cancel();
         let _ = tokio::time::timeout(grace, self.tracking_task).await;
+        self.limit_tasks.stop(&state.conn_limit).await;
         if let Err(e) = state.client.drain().await {
             tracing::debug!(error = %e, "NATS drain failed");
         }

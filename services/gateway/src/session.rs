@@ -48,6 +48,9 @@ pub enum CloseReason {
     Internal,
     /// The stream could not be read to replay or fill a gap; reconnect to resume.
     Unavailable,
+    /// The user opened more connections than `ZIRAAI_MAX_CONNECTIONS_PER_USER`; this,
+    /// their oldest, was evicted.
+    ConnectionLimit,
 }
 
 /// Shared between a socket's session and the hub.

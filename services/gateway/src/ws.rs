@@ -42,7 +42,9 @@ pub(crate) async fn upgrade(
     let start = Admitted::new(app, user, device)
         .start(Encoding::Native(protocol), None, resume.start_after)
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(|e| unavailable(&e))?
+        .limited()
+        .await?;
     let welcome = ServerFrame::Welcome {
         connection_id: start.connection_id().to_string(),
         user_id,

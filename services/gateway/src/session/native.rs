@@ -20,6 +20,8 @@ pub mod close_code {
     pub const INTERNAL: u16 = 1011;
     pub const RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Application code: evicted by the per-user connection limit.
+    pub const CONNECTION_LIMIT: u16 = 4008;
 }
 
 /// The native dialect of one socket.
@@ -61,6 +63,14 @@ impl CloseReason {
                 )),
             ),
             Self::Internal => (INTERNAL, None),
+            Self::ConnectionLimit => (
+                CONNECTION_LIMIT,
+                Some((
+                    "connection_limit",
+                    "this user opened more connections than allowed; this, the oldest, was closed"
+                        .into(),
+                )),
+            ),
         }
     }
 
@@ -74,6 +84,7 @@ impl CloseReason {
             Self::Shutdown => "gateway restarting; reconnect",
             Self::Internal => "internal error",
             Self::Unavailable => "event log unavailable; reconnect",
+            Self::ConnectionLimit => "connection limit",
         }
     }
 }
