@@ -117,6 +117,18 @@ async fn the_sixth_connection_evicts_the_oldest_on_the_other_gateway() {
     }
     let inv = hub_message(&mut hub_seventh).await;
     assert_eq!(inv["target"], "AnalysisCompleted", "{inv}");
+    for gw in [&a, &b] {
+        assert_eq!(metric(gw, "ziraai_gateway_connection_limit_evictions_total").await, 1);
+    }
+}
+
+/// The value of one metric of `gw`.
+async fn metric(gw: &TestGateway, name: &str) -> u64 {
+    let (status, text) = gw.get("/metrics").await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test]
@@ -163,6 +175,8 @@ async fn refuse_answers_429_and_counts_hub_sockets_with_native_ones() {
     }
     // Nothing was closed, and another user is admitted.
     assert_eq!(a.probe.connections() + b.probe.connections(), 3);
+    assert_eq!(metric(&a, "ziraai_gateway_connection_limit_refusals_total").await, 1);
+    assert_eq!(metric(&b, "ziraai_gateway_connection_limit_refusals_total").await, 2);
     let _o = WsClient::open(&b.ws_url(), &other).await;
     // A closed socket frees its slot.
     first.close().await;

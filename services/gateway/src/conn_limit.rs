@@ -28,6 +28,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream::DirectGetErrorKind};
@@ -114,6 +115,10 @@ pub(crate) struct ConnLimit {
     heartbeat: Duration,
     local: local::Registry,
     tracker: TaskTracker,
+    /// Sockets of this gateway closed by an eviction (`/metrics`).
+    pub(crate) evictions: AtomicU64,
+    /// Handshakes this gateway refused with 429 (`/metrics`).
+    pub(crate) refusals: AtomicU64,
 }
 
 impl ConnLimit {
@@ -137,6 +142,8 @@ impl ConnLimit {
             heartbeat: cfg.connection_heartbeat,
             local: local::Registry::default(),
             tracker,
+            evictions: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
         }))
     }
 
@@ -174,6 +181,7 @@ impl ConnLimit {
             ConnectionLimitPolicy::Refuse => {
                 let rank = live.iter().position(|e| e.subject == subject);
                 if rank.is_some_and(|r| r >= self.max) {
+                    self.refusals.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(user = %user, connection_id, max = self.max, "connection limit: refused");
                     return Err(refuse(
                         StatusCode::TOO_MANY_REQUESTS,
@@ -306,7 +314,7 @@ impl ConnLimit {
         self.delete(victim.seq).await;
         let connection_id = &victim.connection;
         if victim.gateway == *self.gateway_id {
-            let closed = self.local.evict(&victim.subject);
+            let closed = self.close_local(&victim.subject);
             tracing::info!(user = %user, connection_id, closed, "connection limit: evicted the oldest connection");
             return;
         }
@@ -327,6 +335,15 @@ impl ConnLimit {
             Ok(Err(e)) => tracing::warn!(user = %user, connection_id, gateway = %victim.gateway, error = %e, "eviction request failed; its key is removed"),
             Err(_) => tracing::warn!(user = %user, connection_id, gateway = %victim.gateway, "eviction request timed out; its key is removed"),
         }
+    }
+
+    /// Closes a socket of this gateway for the limit; false when it is not here.
+    fn close_local(&self, subject: &str) -> bool {
+        let closed = self.local.evict(subject);
+        if closed {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        closed
     }
 
     /// Deletes one key's message; a missing one (already deleted) is fine.

@@ -166,7 +166,7 @@ async fn evictions(
         let closed = match serde_json::from_slice::<EvictRequest>(&msg.payload) {
             Ok(r) => {
                 let subject = entry_subject(&r.user_id, &limit.gateway_id, &r.connection_id);
-                let closed = limit.local.evict(&subject);
+                let closed = limit.close_local(&subject);
                 tracing::info!(user = %r.user_id, connection_id = %r.connection_id, closed, "connection limit: closing a connection another gateway evicted");
                 closed
             }
