@@ -32,7 +32,9 @@ async fn hub(addr: std::net::SocketAddr, u: &UserId) -> Ws {
     .expect("hub upgrade accepted");
     within(
         "handshake",
-        ws.send(Message::Text("{\"protocol\":\"json\",\"version\":1}\u{1e}".into())),
+        ws.send(Message::Text(
+            "{\"protocol\":\"json\",\"version\":1}\u{1e}".into(),
+        )),
     )
     .await
     .expect("sent");
@@ -61,9 +63,9 @@ async fn hub_message(ws: &mut Ws) -> Value {
 async fn assert_evicted(c: &mut WsClient) {
     let (frames, code) = c.until_close().await;
     assert!(
-        frames.iter().any(
-            |f| matches!(f, ServerFrame::Error { code, .. } if code == "connection_limit")
-        ),
+        frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Error { code, .. } if code == "connection_limit")),
         "{frames:?}"
     );
     assert_eq!(code, Some(4008));
@@ -109,16 +111,25 @@ async fn the_sixth_connection_evicts_the_oldest_on_the_other_gateway() {
 
     // Everyone left still gets events; the other user was never touched.
     let publisher = nats.publisher().await;
-    let seq = publish_completed(&publisher, &other, serde_json::json!("x")).await.1.seq;
+    let seq = publish_completed(&publisher, &other, serde_json::json!("x"))
+        .await
+        .1
+        .seq;
     assert_eq!(bystander.event().await.seq, seq);
-    let seq = publish_completed(&publisher, &u, serde_json::json!("y")).await.1.seq;
+    let seq = publish_completed(&publisher, &u, serde_json::json!("y"))
+        .await
+        .1
+        .seq;
     for c in &mut rest {
         assert_eq!(c.event().await.seq, seq);
     }
     let inv = hub_message(&mut hub_seventh).await;
     assert_eq!(inv["target"], "AnalysisCompleted", "{inv}");
     for gw in [&a, &b] {
-        assert_eq!(metric(gw, "ziraai_gateway_connection_limit_evictions_total").await, 1);
+        assert_eq!(
+            metric(gw, "ziraai_gateway_connection_limit_evictions_total").await,
+            1
+        );
     }
 }
 
@@ -175,8 +186,14 @@ async fn refuse_answers_429_and_counts_hub_sockets_with_native_ones() {
     }
     // Nothing was closed, and another user is admitted.
     assert_eq!(a.probe.connections() + b.probe.connections(), 3);
-    assert_eq!(metric(&a, "ziraai_gateway_connection_limit_refusals_total").await, 1);
-    assert_eq!(metric(&b, "ziraai_gateway_connection_limit_refusals_total").await, 2);
+    assert_eq!(
+        metric(&a, "ziraai_gateway_connection_limit_refusals_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&b, "ziraai_gateway_connection_limit_refusals_total").await,
+        2
+    );
     let _o = WsClient::open(&b.ws_url(), &other).await;
     // A closed socket frees its slot.
     first.close().await;

@@ -306,7 +306,11 @@ mod tests {
         assert_eq!(conns.subjects, vec![format!("$KV.{CONNS_BUCKET}.>")]);
         assert!(conns.allow_message_ttl, "gateway heartbeats expire by TTL");
         assert!(!conns.deny_delete, "a closed socket's entry is deleted");
-        assert_eq!(conns.max_age, Duration::ZERO, "entries live as long as sockets");
+        assert_eq!(
+            conns.max_age,
+            Duration::ZERO,
+            "entries live as long as sockets"
+        );
         let jobs = definition(JOBS_STREAM, JOBS_STREAM_JSON).expect("valid");
         assert_eq!(jobs.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(jobs.subjects, vec![JOBS_SUBJECT.to_owned()]);

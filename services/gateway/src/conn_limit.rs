@@ -292,18 +292,22 @@ impl ConnLimit {
         let read = self
             .stream
             .direct_get_last_for_subject(heartbeat_subject(gateway));
-        match tokio::time::timeout(KV_TIMEOUT, read).await {
-            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => false,
-            _ => true,
-        }
+        let answer = tokio::time::timeout(KV_TIMEOUT, read).await;
+        !matches!(answer, Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound)
     }
 
     /// Removes every key of a gateway (found dead, or stopping).
     async fn purge_gateway(&self, gateway: &str) {
         let purge = self.stream.purge().filter(gateway_filter(gateway));
         match bounded("purge a gateway's sockets", purge.into_future()).await {
-            Ok(r) => tracing::info!(gateway, purged = r.purged, "removed the socket keys of a gateway without heartbeat"),
-            Err(e) => tracing::warn!(gateway, error = %e, "cannot purge a dead gateway's socket keys"),
+            Ok(r) => tracing::info!(
+                gateway,
+                purged = r.purged,
+                "removed the socket keys of a gateway without heartbeat"
+            ),
+            Err(e) => {
+                tracing::warn!(gateway, error = %e, "cannot purge a dead gateway's socket keys")
+            }
         }
     }
 
@@ -323,17 +327,19 @@ impl ConnLimit {
             connection_id: connection_id.clone(),
         };
         let payload = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let request = self
-            .client
-            .request(evict_subject(&victim.gateway), payload);
+        let request = self.client.request(evict_subject(&victim.gateway), payload);
         match tokio::time::timeout(EVICT_TIMEOUT, request).await {
             Ok(Ok(reply)) => tracing::info!(
                 user = %user, connection_id, gateway = %victim.gateway,
                 reply = %String::from_utf8_lossy(&reply.payload),
                 "connection limit: evicted the oldest connection"
             ),
-            Ok(Err(e)) => tracing::warn!(user = %user, connection_id, gateway = %victim.gateway, error = %e, "eviction request failed; its key is removed"),
-            Err(_) => tracing::warn!(user = %user, connection_id, gateway = %victim.gateway, "eviction request timed out; its key is removed"),
+            Ok(Err(e)) => {
+                tracing::warn!(user = %user, connection_id, gateway = %victim.gateway, error = %e, "eviction request failed; its key is removed")
+            }
+            Err(_) => {
+                tracing::warn!(user = %user, connection_id, gateway = %victim.gateway, "eviction request timed out; its key is removed")
+            }
         }
     }
 

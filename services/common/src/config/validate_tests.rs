@@ -287,7 +287,10 @@ fn the_per_user_connection_limit_and_its_policy() {
     ]))
     .expect("valid");
     assert_eq!(c.gateway.max_connections_per_user, 2);
-    assert_eq!(c.gateway.connection_limit_policy, ConnectionLimitPolicy::Refuse);
+    assert_eq!(
+        c.gateway.connection_limit_policy,
+        ConnectionLimitPolicy::Refuse
+    );
     assert_eq!(c.gateway.connection_heartbeat, Duration::from_secs(1));
     // One line per bad value, each naming its variable.
     for (var, bad) in [
