@@ -299,3 +299,66 @@ async fn a_killed_gateways_connections_stop_counting_within_30_s() {
         .expect("the sixth is refused again");
     assert_eq!(refused.status, 429);
 }
+
+/// Subjects of `KV_CONNS` matching `filter`.
+async fn conns_subjects(nats: &NatsServer, filter: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = within("KV_CONNS", js.get_stream("KV_CONNS"))
+        .await
+        .expect("stream exists");
+    let info = within("stream subjects", stream.info_with_subjects(filter))
+        .await
+        .expect("info");
+    within("subjects", info.map_ok(|(s, _)| s).try_collect::<Vec<_>>())
+        .await
+        .expect("subjects")
+}
+
+#[tokio::test]
+async fn a_gateway_taken_for_dead_registers_its_sockets_again() {
+    let nats = NatsServer::start().await;
+    let vars = limit_vars("refuse", "1");
+    let a = TestGateway::start_with(gateway_config(&nats, &vars)).await;
+    let b = TestGateway::start_with(gateway_config(&nats, &vars)).await;
+    let gw_a = a.health().await["gatewayId"]
+        .as_str()
+        .expect("gateway id")
+        .to_owned();
+    let u = user("lost");
+    let _held = WsClient::open(&a.ws_url(), &u).await;
+    let mine = format!("$KV.CONNS.u.{u}.{gw_a}.*");
+    assert_eq!(conns_subjects(&nats, &mine).await.len(), 1);
+    // What other gateways do to a gateway whose heartbeat expired (NATS unreachable).
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = within("KV_CONNS", js.get_stream("KV_CONNS"))
+        .await
+        .expect("stream");
+    for filter in [
+        format!("$KV.CONNS.u.*.{gw_a}.*"),
+        format!("$KV.CONNS.gw.{gw_a}"),
+    ] {
+        within("purge", stream.purge().filter(filter).into_future())
+            .await
+            .expect("purged");
+    }
+    assert!(conns_subjects(&nats, &mine).await.is_empty());
+    // Its next heartbeat notices and writes the socket's key again: B refuses again.
+    within("the key is written again", async {
+        while conns_subjects(&nats, &mine).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        conns_subjects(&nats, &format!("$KV.CONNS.gw.{gw_a}"))
+            .await
+            .len(),
+        1
+    );
+    let refused = WsClient::connect(&b.ws_url(), Some(&token(&u)), None)
+        .await
+        .err()
+        .expect("counted again");
+    assert_eq!(refused.status, 429);
+}
