@@ -305,8 +305,10 @@ impl ServerMessage<'_> {
                         if let Some(e) = error {
                             m.insert("error".into(), json!(e));
                         }
-                        if *allow_reconnect {
-                            m.insert("allowReconnect".into(), json!(true));
+                        // .NET writes only `true`; a Close with an error states
+                        // `false` too, so a client reading the record sees the decision.
+                        if *allow_reconnect || error.is_some() {
+                            m.insert("allowReconnect".into(), json!(allow_reconnect));
                         }
                         Value::Object(m)
                     }

@@ -96,6 +96,16 @@ fn json_server_messages_are_records_the_js_client_accepts() {
         v,
         json!({"type": 7, "error": "restarting", "allowReconnect": true})
     );
+    let evicted = ServerMessage::Close {
+        error: Some("connection_limit"),
+        allow_reconnect: false,
+    }
+    .encode(J);
+    let v: Value = serde_json::from_slice(evicted.strip_suffix(&[RS]).expect("RS")).expect("json");
+    assert_eq!(
+        v,
+        json!({"type": 7, "error": "connection_limit", "allowReconnect": false})
+    );
 }
 
 #[test]

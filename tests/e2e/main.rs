@@ -3,6 +3,7 @@
 mod auth;
 mod banner;
 mod client_numbers;
+mod conn_limit;
 mod delivery;
 mod demo_page;
 mod durable;

@@ -58,6 +58,15 @@ pub const DEFAULT_SIGNALR_MAX_MESSAGE: usize = 32 * 1024;
 /// Handshake rate limit per client IP: a burst, then one every interval.
 pub const DEFAULT_HANDSHAKE_BURST: u32 = 40;
 pub const DEFAULT_HANDSHAKE_INTERVAL: Duration = Duration::from_millis(100);
+/// Open sockets one user may hold across all gateways (the SignalR checklist's
+/// "max 5 devices").
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 5;
+/// How often a gateway renews its heartbeat in the `CONNS` bucket; the heartbeat lives
+/// three intervals, so a killed gateway's sockets stop counting within that.
+pub const DEFAULT_CONNECTION_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Longest heartbeat interval: three of them must stay within the 30 s self-healing
+/// bound of the per-user limit.
+pub const MAX_CONNECTION_HEARTBEAT: Duration = Duration::from_secs(10);
 /// Worker defaults.
 pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_DEV_ANALYZER_LISTEN: &str = "127.0.0.1:8082";
@@ -165,6 +174,32 @@ pub struct GatewayConfig {
     pub signalr_client_timeout: Duration,
     /// SignalR largest client message.
     pub signalr_max_message: usize,
+    /// Open sockets per user across all gateways (`ZIRAAI_MAX_CONNECTIONS_PER_USER`).
+    pub max_connections_per_user: usize,
+    /// What happens to the connection over the limit.
+    pub connection_limit_policy: ConnectionLimitPolicy,
+    /// Heartbeat interval of this gateway in the `CONNS` bucket.
+    pub connection_heartbeat: Duration,
+}
+
+/// What a handshake over the per-user connection limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionLimitPolicy {
+    /// Close the user's oldest connection (on whichever gateway) and admit the new one.
+    EvictOldest,
+    /// Answer the new handshake with 429 `too_many_connections`.
+    Refuse,
+}
+
+impl ConnectionLimitPolicy {
+    /// `evict-oldest` or `refuse`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "evict-oldest" => Ok(Self::EvictOldest),
+            "refuse" => Ok(Self::Refuse),
+            other => Err(format!("{other:?} is not a policy: evict-oldest or refuse")),
+        }
+    }
 }
 
 /// Verification of client tokens.

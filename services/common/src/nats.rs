@@ -27,6 +27,10 @@ pub const CURSORS_BUCKET: &str = "CURSORS";
 pub const SIGNALR_STREAM_JSON: &str = include_str!("../../../nats/streams/KV_SIGNALR.json");
 /// KV bucket of SignalR stateful-reconnect state (`<connectionId>` → JSON).
 pub const SIGNALR_BUCKET: &str = "SIGNALR";
+/// `nats/streams/KV_CONNS.json`: the stream behind the KV bucket `CONNS`.
+pub const CONNS_STREAM_JSON: &str = include_str!("../../../nats/streams/KV_CONNS.json");
+/// KV bucket of open sockets per user and gateway heartbeats (the per-user limit).
+pub const CONNS_BUCKET: &str = "CONNS";
 /// `nats/streams/DELIVERY.json`: delivery tracking records.
 pub const DELIVERY_STREAM_JSON: &str = include_str!("../../../nats/streams/DELIVERY.json");
 /// Name of the delivery tracking stream.
@@ -229,11 +233,12 @@ pub async fn apply_job_streams(
 }
 
 /// Applies every stream the notification path needs: `NOTIFY`, the streams of the
-/// `CURSORS` and `SIGNALR` buckets, and `DELIVERY`.
+/// `CURSORS`, `SIGNALR` and `CONNS` buckets, and `DELIVERY`.
 pub async fn apply_notify_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
     apply_stream(js, notify_stream_config()?).await?;
     apply_stream(js, definition("KV_CURSORS", CURSORS_STREAM_JSON)?).await?;
     apply_stream(js, definition("KV_SIGNALR", SIGNALR_STREAM_JSON)?).await?;
+    apply_stream(js, definition("KV_CONNS", CONNS_STREAM_JSON)?).await?;
     apply_stream(js, definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON)?).await
 }
 
@@ -297,6 +302,15 @@ mod tests {
         assert!(kv.allow_rollup && kv.deny_delete && kv.allow_direct);
         let sr = definition("KV_SIGNALR", SIGNALR_STREAM_JSON).expect("valid");
         assert_eq!(sr.subjects, vec![format!("$KV.{SIGNALR_BUCKET}.>")]);
+        let conns = definition("KV_CONNS", CONNS_STREAM_JSON).expect("valid");
+        assert_eq!(conns.subjects, vec![format!("$KV.{CONNS_BUCKET}.>")]);
+        assert!(conns.allow_message_ttl, "gateway heartbeats expire by TTL");
+        assert!(!conns.deny_delete, "a closed socket's entry is deleted");
+        assert_eq!(
+            conns.max_age,
+            Duration::ZERO,
+            "entries live as long as sockets"
+        );
         let jobs = definition(JOBS_STREAM, JOBS_STREAM_JSON).expect("valid");
         assert_eq!(jobs.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(jobs.subjects, vec![JOBS_SUBJECT.to_owned()]);

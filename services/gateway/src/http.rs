@@ -179,6 +179,18 @@ async fn metrics(
             "Delivery-tracking records dropped (queue full).",
             get(&st.tracking_dropped),
         )
+        .metric(
+            "ziraai_gateway_connection_limit_evictions_total",
+            "counter",
+            "Sockets closed here because their user opened more than the per-user limit.",
+            get(&app.conn_limit.evictions),
+        )
+        .metric(
+            "ziraai_gateway_connection_limit_refusals_total",
+            "counter",
+            "Handshakes refused with 429 too_many_connections.",
+            get(&app.conn_limit.refusals),
+        )
         .finish();
     health::metrics_text(text)
 }

@@ -9,6 +9,7 @@ mod api;
 pub mod auth;
 mod backend;
 pub mod cli;
+mod conn_limit;
 pub mod cursors;
 mod demo;
 mod error;
@@ -76,6 +77,8 @@ pub(crate) struct AppState {
     pub(crate) metrics_allow: Vec<ziraai_common::metrics::IpRange>,
     /// Present in development with the demo page on: the secret to mint demo tokens.
     pub(crate) demo: Option<demo::Demo>,
+    /// The cluster-wide per-user connection limit.
+    pub(crate) conn_limit: Arc<conn_limit::ConnLimit>,
 }
 
 /// A bound, connected gateway, not yet serving.
@@ -84,6 +87,7 @@ pub struct App {
     state: Arc<AppState>,
     tracking_stop: CancellationToken,
     tracking_task: tokio::task::JoinHandle<()>,
+    limit_tasks: conn_limit::tasks::Tasks,
 }
 
 impl App {
@@ -101,10 +105,19 @@ impl App {
         let resumes = signalr::Resumes::new(&js)
             .await
             .map_err(anyhow::Error::msg)?;
+        let tracker = TaskTracker::new();
+        let conn_limit = conn_limit::ConnLimit::new(
+            &js,
+            client.clone(),
+            &gateway_id,
+            &config.gateway,
+            tracker.clone(),
+        )
+        .await?;
+        let limit_tasks = conn_limit.start().await?;
         let listener = TcpListener::bind(config.gateway.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
-        let tracker = TaskTracker::new();
         let stats = Arc::new(Stats::default());
         let tracking_stop = CancellationToken::new();
         let (tracking, tracking_task) = if config.gateway.delivery_tracking {
@@ -145,12 +158,14 @@ impl App {
             connections: AtomicUsize::new(0),
             gateway_id,
             demo,
+            conn_limit,
         });
         Ok(Self {
             listener,
             state,
             tracking_stop,
             tracking_task,
+            limit_tasks,
         })
     }
 
@@ -216,6 +231,16 @@ impl App {
             .is_err()
         {
             tracing::warn!("delivery-tracking records still queued at exit; dropped");
+        }
+        // Bounded like the drain: removing this gateway's connection entries needs the
+        // broker (their heartbeat expires anyway when it cannot).
+        if tokio::time::timeout(FINAL_NATS_DRAIN, self.limit_tasks.stop(&state.conn_limit))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connection-limit entries not removed at exit; they expire with the heartbeat"
+            );
         }
         // Bounded: with the broker unreachable, a drain would wait for a reconnect
         // that may never come, and the process must still exit.

@@ -53,6 +53,9 @@ pub enum CloseReason {
     TokenExpired,
     /// A token sent on the socket (native `auth` frame) was refused: its auth error code.
     AuthRefused { code: &'static str, message: String },
+    /// The user opened more connections than `ZIRAAI_MAX_CONNECTIONS_PER_USER`; this,
+    /// their oldest, was evicted.
+    ConnectionLimit,
 }
 
 /// Shared between a socket's session and the hub.

@@ -18,6 +18,7 @@ use ziraai_proto::{DeviceId, UserId};
 use crate::AppState;
 use crate::auth::Identity;
 use crate::backend::NatsBackend;
+use crate::conn_limit::Ticket;
 use crate::error::{ApiError, refuse, unavailable};
 use crate::event::Encoding;
 use crate::hub::{JoinError, Membership};
@@ -244,6 +245,7 @@ impl Admitted {
             connection_id,
             user,
             tracked,
+            ticket: None,
         })
     }
 }
@@ -256,11 +258,26 @@ pub(crate) struct SocketStart {
     connection_id: Arc<str>,
     user: UserId,
     tracked: TaskTrackerToken,
+    /// The socket's place in the per-user limit.
+    ticket: Option<Ticket>,
 }
 
 impl SocketStart {
     pub(crate) fn connection_id(&self) -> &Arc<str> {
         &self.connection_id
+    }
+
+    /// Counts this socket against the per-user limit (before the upgrade).
+    pub(crate) async fn limited(mut self) -> Result<Self, ApiError> {
+        let limit = self.app.conn_limit.clone();
+        self.ticket = Some(limit.admit(&self.user, &self.connection_id).await?);
+        Ok(self)
+    }
+
+    /// Keeps a ticket admitted before the session was started (SignalR).
+    pub(crate) fn with_ticket(mut self, ticket: Ticket) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 
     /// Runs the session and keeps the gateway's books: the shutdown tracker, the
@@ -274,8 +291,12 @@ impl SocketStart {
             connection_id,
             user,
             tracked: _tracked,
+            ticket,
         } = self;
         let _guard = membership.guard;
+        if let Some(t) = &ticket {
+            t.attach(&membership.ctl);
+        }
         app.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%connection_id, user = %user, "socket open");
         let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;

@@ -48,7 +48,9 @@ pub(crate) async fn upgrade(
         .until_expiry_of(&identity)
         .start(Encoding::Native(protocol), None, resume.start_after)
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(|e| unavailable(&e))?
+        .limited()
+        .await?;
     let welcome = ServerFrame::Welcome {
         connection_id: start.connection_id().to_string(),
         user_id,

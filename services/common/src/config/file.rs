@@ -51,6 +51,9 @@ pub(super) struct GatewayFile {
     pub(super) signalr_keepalive: Option<String>,
     pub(super) signalr_client_timeout: Option<String>,
     pub(super) signalr_max_message: Option<usize>,
+    pub(super) max_connections_per_user: Option<usize>,
+    pub(super) connection_limit_policy: Option<String>,
+    pub(super) connection_heartbeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

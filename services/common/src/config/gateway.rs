@@ -40,6 +40,9 @@ pub(super) const VARS: &[&str] = &[
     "ZIRAAI_JWT_MAX_TTL",
     "ZIRAAI_JWT_LEEWAY",
     "ZIRAAI_JWT_PUBLIC_KEYS_FILE",
+    "ZIRAAI_MAX_CONNECTIONS_PER_USER",
+    "ZIRAAI_CONNECTION_LIMIT_POLICY",
+    "ZIRAAI_CONNECTION_HEARTBEAT",
 ];
 
 /// A user id as the demo settings take it (gateway page and worker producer alike).
@@ -47,6 +50,22 @@ pub(super) fn parse_demo_user(s: &str) -> Result<String, String> {
     ziraai_proto::UserId::parse(s)
         .map(|u| u.to_string())
         .map_err(|e| format!("{s:?} {e}"))
+}
+
+/// A heartbeat interval: whole seconds (the TTL's unit), 1 s up to
+/// [`MAX_CONNECTION_HEARTBEAT`].
+fn parse_heartbeat(raw: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(raw)?;
+    if d < std::time::Duration::from_secs(1)
+        || d > MAX_CONNECTION_HEARTBEAT
+        || d.subsec_nanos() != 0
+    {
+        return Err(format!(
+            "{raw:?} must be whole seconds from 1s to {}s",
+            MAX_CONNECTION_HEARTBEAT.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 /// The `[gateway]` section and its variables.
@@ -162,6 +181,24 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
             g.signalr_max_message.map(|n| n.to_string()),
             DEFAULT_SIGNALR_MAX_MESSAGE,
             parse_positive,
+        ),
+        max_connections_per_user: l.pick(
+            "ZIRAAI_MAX_CONNECTIONS_PER_USER",
+            g.max_connections_per_user.map(|n| n.to_string()),
+            DEFAULT_MAX_CONNECTIONS_PER_USER,
+            parse_positive,
+        ),
+        connection_limit_policy: l.pick(
+            "ZIRAAI_CONNECTION_LIMIT_POLICY",
+            g.connection_limit_policy,
+            ConnectionLimitPolicy::EvictOldest,
+            ConnectionLimitPolicy::parse,
+        ),
+        connection_heartbeat: l.pick(
+            "ZIRAAI_CONNECTION_HEARTBEAT",
+            g.connection_heartbeat,
+            DEFAULT_CONNECTION_HEARTBEAT,
+            parse_heartbeat,
         ),
     };
     if env == Environment::Production && gateway.allowed_origins.iter().any(|o| o == "*") {

@@ -300,3 +300,46 @@ fn token_rules_default_and_parse() {
     assert!(e[0].starts_with("ZIRAAI_JWT_MAX_TTL"), "{e:?}");
     assert!(e[1].starts_with("ZIRAAI_JWT_LEEWAY"), "{e:?}");
 }
+
+#[test]
+fn the_per_user_connection_limit_and_its_policy() {
+    use super::super::ConnectionLimitPolicy;
+    let c = GatewayServiceConfig::load(&vars(&[])).expect("defaults");
+    assert_eq!(c.gateway.max_connections_per_user, 5);
+    assert_eq!(
+        c.gateway.connection_limit_policy,
+        ConnectionLimitPolicy::EvictOldest
+    );
+    assert_eq!(c.gateway.connection_heartbeat, Duration::from_secs(5));
+    let c = GatewayServiceConfig::load(&vars(&[
+        ("ZIRAAI_MAX_CONNECTIONS_PER_USER", "2"),
+        ("ZIRAAI_CONNECTION_LIMIT_POLICY", "refuse"),
+        ("ZIRAAI_CONNECTION_HEARTBEAT", "1s"),
+    ]))
+    .expect("valid");
+    assert_eq!(c.gateway.max_connections_per_user, 2);
+    assert_eq!(
+        c.gateway.connection_limit_policy,
+        ConnectionLimitPolicy::Refuse
+    );
+    assert_eq!(c.gateway.connection_heartbeat, Duration::from_secs(1));
+    // One line per bad value, each naming its variable.
+    for (var, bad) in [
+        ("ZIRAAI_MAX_CONNECTIONS_PER_USER", "0"),
+        ("ZIRAAI_MAX_CONNECTIONS_PER_USER", "five"),
+        ("ZIRAAI_MAX_CONNECTIONS_PER_USER", "-1"),
+        ("ZIRAAI_CONNECTION_LIMIT_POLICY", "drop-newest"),
+        ("ZIRAAI_CONNECTION_HEARTBEAT", "0s"),
+        ("ZIRAAI_CONNECTION_HEARTBEAT", "11s"),
+        ("ZIRAAI_CONNECTION_HEARTBEAT", "1500ms"),
+    ] {
+        let e = errors(&[(var, bad)]);
+        assert_eq!(e.len(), 1, "{var}={bad:?}: {e:?}");
+        assert!(e[0].starts_with(var), "{var}={bad:?}: {e:?}");
+    }
+    let e = errors(&[
+        ("ZIRAAI_MAX_CONNECTIONS_PER_USER", "0"),
+        ("ZIRAAI_CONNECTION_LIMIT_POLICY", "lru"),
+    ]);
+    assert_eq!(e.len(), 2, "{e:?}");
+}

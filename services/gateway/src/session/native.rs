@@ -23,6 +23,8 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The socket's token expired: reconnect (or refresh earlier) with a fresh one.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Application code: evicted by the per-user connection limit.
+    pub const CONNECTION_LIMIT: u16 = 4008;
 }
 
 /// The native dialect of one socket.
@@ -74,6 +76,14 @@ impl CloseReason {
                 )),
             ),
             Self::AuthRefused { code, message } => (POLICY, Some((code, message.clone()))),
+            Self::ConnectionLimit => (
+                CONNECTION_LIMIT,
+                Some((
+                    "connection_limit",
+                    "this user opened more connections than allowed; this, the oldest, was closed"
+                        .into(),
+                )),
+            ),
         }
     }
 
@@ -89,6 +99,7 @@ impl CloseReason {
             Self::Unavailable => "event log unavailable; reconnect",
             Self::TokenExpired => "token expired",
             Self::AuthRefused { .. } => "token refused",
+            Self::ConnectionLimit => "connection limit",
         }
     }
 }

@@ -46,6 +46,7 @@ pub(crate) async fn upgrade(
     let start_after = choose_start(&app, &user, resuming.as_ref(), since, device.as_ref()).await?;
     let max_message = app.cfg.signalr_max_message;
     let ws = sized(ws, max_message * MESSAGES_PER_FRAME);
+    let ticket = app.conn_limit.admit(&user, &connection_id).await?;
     let accepted = Accepted {
         admitted: Admitted::new(app, user, device).until_expiry_of(&identity),
         connection_id,
@@ -53,6 +54,7 @@ pub(crate) async fn upgrade(
         resuming,
         start_after,
         max_message,
+        ticket,
     };
     Ok(ws.on_upgrade(move |socket: WebSocket| accepted.serve(socket)))
 }
@@ -132,6 +134,8 @@ struct Accepted {
     resuming: Option<Record>,
     start_after: u64,
     max_message: usize,
+    /// The socket's place in the per-user limit (taken before the upgrade).
+    ticket: crate::conn_limit::Ticket,
 }
 
 impl Accepted {
@@ -160,7 +164,7 @@ impl Accepted {
             close_unavailable(&mut socket, protocol).await;
             return;
         };
-        start.serve(socket, dialect).await;
+        start.with_ticket(self.ticket).serve(socket, dialect).await;
     }
 
     /// The hub handshake for a new connection (with a stateful record when version 2

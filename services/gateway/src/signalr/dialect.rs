@@ -27,9 +27,27 @@ pub(crate) struct SignalrDialect {
     pub(crate) stateful: Option<Stateful>,
 }
 
+/// The hub Close error of a connection evicted by the per-user limit.
+pub(crate) const CONNECTION_LIMIT_ERROR: &str = "connection_limit";
+
 impl SignalrDialect {
     fn message(&self, m: &ServerMessage<'_>) -> Message {
         hub_frame(self.protocol, m.encode(self.protocol))
+    }
+
+    /// A hub Close with `error`, then the WebSocket close.
+    fn close_messages(&self, error: &str, allow_reconnect: bool) -> Vec<Message> {
+        let close = ServerMessage::Close {
+            error: Some(error),
+            allow_reconnect,
+        };
+        vec![
+            self.message(&close),
+            Message::Close(Some(CloseFrame {
+                code: close_code::NORMAL,
+                reason: "".into(),
+            })),
+        ]
     }
 }
 
@@ -108,6 +126,10 @@ impl Dialect for SignalrDialect {
     }
 
     fn farewell(&self, reason: &CloseReason) -> Vec<Message> {
+        if *reason == CloseReason::ConnectionLimit {
+            // Evicted: reconnecting would only evict the next oldest connection.
+            return self.close_messages(CONNECTION_LIMIT_ERROR, false);
+        }
         let error = match reason {
             CloseReason::Shutdown => "Server is restarting; reconnect.",
             // The client reconnects and its accessTokenFactory supplies a fresh token.
