@@ -51,6 +51,13 @@ pub(super) struct GatewayFile {
     pub(super) signalr_keepalive: Option<String>,
     pub(super) signalr_client_timeout: Option<String>,
     pub(super) signalr_max_message: Option<usize>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) client_frame_rate: Option<String>,
+    pub(super) client_frame_burst: Option<u32>,
+    pub(super) http_burst: Option<u32>,
+    pub(super) http_interval: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
