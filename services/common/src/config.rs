@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use parse::parse_duration;
 pub use limits::open_file_limit;
+pub use parse::parse_duration;
 
 /// Secret built in for `development` only; staging and production refuse it.
 pub const DEV_JWT_SECRET: &str = "ziraai-development-secret-do-not-use-in-production";

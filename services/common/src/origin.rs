@@ -168,7 +168,10 @@ mod tests {
         assert!(!allows(p, "https://a.ziraai.com:8443"), "another port");
         assert!(!allows(p, "https://a.ziraai.com.evil.example"));
         assert!(!allows(p, "https://aziraai.com"));
-        assert!(allows("https://*.ziraai.com:8443", "https://a.ziraai.com:8443"));
+        assert!(allows(
+            "https://*.ziraai.com:8443",
+            "https://a.ziraai.com:8443"
+        ));
     }
 
     #[test]
@@ -187,7 +190,10 @@ mod tests {
         assert!(allows("*", "https://anything.example"));
         let list = vec!["null".to_owned(), "*".to_owned()];
         assert!(allowed(&list, "null", false));
-        assert!(!allowed(&list, "null", true), "null never passes in production");
+        assert!(
+            !allowed(&list, "null", true),
+            "null never passes in production"
+        );
         assert!(allowed(&list, "https://x.example", true));
     }
 

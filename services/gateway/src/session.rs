@@ -23,8 +23,10 @@ use crate::tracking::TrackKind;
 
 mod conn;
 pub mod native;
+mod rate;
 
 pub use native::close_code;
+pub use rate::FrameLimit;
 
 /// How long the close handshake may take before the socket is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -48,6 +50,8 @@ pub enum CloseReason {
     Internal,
     /// The stream could not be read to replay or fill a gap; reconnect to resume.
     Unavailable,
+    /// The client sent frames faster than its allowance (`rate_limited`, 1008).
+    RateLimited,
 }
 
 /// Shared between a socket's session and the hub.
@@ -95,6 +99,8 @@ pub struct SessionLimits {
     pub write_timeout: Duration,
     /// Shortest interval between two cursor writes.
     pub cursor_flush: Duration,
+    /// Client frames allowed per socket.
+    pub frames: FrameLimit,
 }
 
 /// How a socket error is classified; lets the loop map oversized frames to 1009.

@@ -231,7 +231,8 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
 fn origins(l: &mut Loader<'_>, origins: &[String], env: Environment) {
     for o in origins {
         if let Err(e) = crate::origin::OriginPattern::parse(o) {
-            l.errors.push(format!("ZIRAAI_GATEWAY_ALLOWED_ORIGINS: {e}"));
+            l.errors
+                .push(format!("ZIRAAI_GATEWAY_ALLOWED_ORIGINS: {e}"));
         } else if env == Environment::Production && o == "null" {
             l.errors.push(
                 "ZIRAAI_GATEWAY_ALLOWED_ORIGINS: \"null\" (sandboxed and file: pages) is refused in production"

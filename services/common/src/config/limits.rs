@@ -20,7 +20,10 @@ pub fn open_file_limit() -> u64 {
 /// The soft limit of the `Max open files` row (`unlimited` counts as `u64::MAX`).
 fn parse_open_files(limits: &str) -> Option<u64> {
     let row = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = row.trim_start_matches("Max open files").split_whitespace().next()?;
+    let soft = row
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
     match soft {
         "unlimited" => Some(u64::MAX),
         n => n.parse().ok(),
@@ -46,7 +49,9 @@ pub(super) fn parse_rate(raw: &str) -> Result<FrameRate, String> {
         super::parse::parse_duration(&format!("1{per}")).map_err(|_| bad())?
     };
     if count == 0 || per.is_zero() {
-        return Err(format!("{raw:?} must be a positive count per a positive time"));
+        return Err(format!(
+            "{raw:?} must be a positive count per a positive time"
+        ));
     }
     Ok(FrameRate { count, per })
 }

@@ -49,7 +49,10 @@ fn defaults() {
     assert_eq!(c.client_frame_burst, 1000);
     assert_eq!(c.http_burst, 100);
     assert_eq!(c.http_interval, Duration::from_millis(100));
-    assert!(c.trusted_proxies.is_empty(), "no proxy is trusted by default");
+    assert!(
+        c.trusted_proxies.is_empty(),
+        "no proxy is trusted by default"
+    );
 }
 
 #[test]
@@ -122,9 +125,15 @@ fn production_refuses_the_null_origin_and_accepts_wildcard_subdomains() {
         prod_errors(&[("ZIRAAI_GATEWAY_ALLOWED_ORIGINS", "https://*.ziraai.com")]),
         Vec::<String>::new()
     );
-    let e = prod_errors(&[("ZIRAAI_GATEWAY_ALLOWED_ORIGINS", "https://app.ziraai.com,null")]);
+    let e = prod_errors(&[(
+        "ZIRAAI_GATEWAY_ALLOWED_ORIGINS",
+        "https://app.ziraai.com,null",
+    )]);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].contains("\"null\"") && e[0].contains("production"), "{e:?}");
+    assert!(
+        e[0].contains("\"null\"") && e[0].contains("production"),
+        "{e:?}"
+    );
     // Development keeps it (local files, sandboxed frames).
     assert!(errors(&[("ZIRAAI_GATEWAY_ALLOWED_ORIGINS", "null")]).is_empty());
 }

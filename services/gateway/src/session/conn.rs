@@ -47,6 +47,8 @@ pub(super) struct Conn<S, B, D> {
     unconfirmed: VecDeque<(Instant, u64)>,
     cursor_dirty: bool,
     last_cursor_save: Option<Instant>,
+    /// Client frames still allowed (`ZIRAAI_GATEWAY_CLIENT_FRAME_RATE`).
+    frames: super::rate::FrameBudget,
 }
 
 type Step = Result<(), Stop>;
@@ -70,6 +72,7 @@ where
             queue,
             ctl,
             last_seen: s.start_after,
+            frames: super::rate::FrameBudget::new(s.limits.frames),
             s,
             d,
             unacked: VecDeque::new(),
@@ -250,6 +253,11 @@ where
     }
 
     async fn inbound(&mut self, incoming: Option<Result<Message, E>>) -> Step {
+        if matches!(&incoming, Some(Ok(m)) if !matches!(m, Message::Close(_)))
+            && !self.frames.take()
+        {
+            return Err(Stop::Close(CloseReason::RateLimited));
+        }
         let msg = match incoming {
             None | Some(Ok(Message::Close(_))) => return Err(Stop::Gone),
             Some(Err(e)) if e.is_too_big() => return Err(Stop::Close(CloseReason::TooBig)),

@@ -61,6 +61,13 @@ impl CloseReason {
                 )),
             ),
             Self::Internal => (INTERNAL, None),
+            Self::RateLimited => (
+                POLICY,
+                Some((
+                    "rate_limited",
+                    "frames arrived faster than this socket's allowance".into(),
+                )),
+            ),
         }
     }
 
@@ -74,6 +81,7 @@ impl CloseReason {
             Self::Shutdown => "gateway restarting; reconnect",
             Self::Internal => "internal error",
             Self::Unavailable => "event log unavailable; reconnect",
+            Self::RateLimited => "rate limited",
         }
     }
 }

@@ -110,6 +110,7 @@ impl Dialect for SignalrDialect {
     fn farewell(&self, reason: &CloseReason) -> Vec<Message> {
         let error = match reason {
             CloseReason::Shutdown => "Server is restarting; reconnect.",
+            CloseReason::RateLimited => "rate_limited",
             _ => CLOSED_WITH_ERROR,
         };
         // allowReconnect: the client's automatic reconnect resumes, losing nothing.
