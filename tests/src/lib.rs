@@ -91,6 +91,8 @@ pub fn gateway_vars(nats: &NatsServer, extra: &[(&str, &str)]) -> HashMap<String
         ("ZIRAAI_GATEWAY_SHUTDOWN_GRACE".into(), "5s".into()),
         // Every test client comes from 127.0.0.1; the limit has its own test.
         ("ZIRAAI_GATEWAY_HANDSHAKE_BURST".into(), "100000".into()),
+        // Likewise for polling, ack and admin requests (tested in `bounds`).
+        ("ZIRAAI_GATEWAY_HTTP_BURST".into(), "100000".into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
