@@ -68,6 +68,8 @@ async fn the_rate_limit_key_follows_the_forwarded_client_and_ignores_spoofs() {
             ("ZIRAAI_TRUSTED_PROXIES", "127.0.0.1/32"),
             ("ZIRAAI_GATEWAY_HTTP_BURST", "2"),
             ("ZIRAAI_GATEWAY_HTTP_INTERVAL", "60s"),
+            ("ZIRAAI_GATEWAY_HANDSHAKE_BURST", "1"),
+            ("ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL", "60s"),
         ],
     ))
     .await;
@@ -98,6 +100,24 @@ async fn the_rate_limit_key_follows_the_forwarded_client_and_ignores_spoofs() {
         429,
         "nor borrow another client's"
     );
+    // The handshake limit is keyed the same way.
+    let t = token(&user("fwd-ws"));
+    let upgrade = |client: &'static str| {
+        let (addr, t) = (gw.addr, t.clone());
+        async move {
+            let answer = raw_http(
+                addr,
+                &format!(
+                    "GET /ws?access_token={t} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                ),
+            )
+            .await;
+            answer.split_whitespace().nth(1).unwrap_or("").to_owned()
+        }
+    };
+    assert_eq!(upgrade("203.0.113.7").await, "101");
+    assert_eq!(upgrade("203.0.113.7").await, "429");
+    assert_eq!(upgrade("203.0.113.8").await, "101", "another client");
 }
 
 #[tokio::test]

@@ -183,6 +183,7 @@ async fn the_process_cap_refuses_sockets_with_503_and_health_still_answers() {
         .expect("the fourth socket is refused");
     assert_eq!(refused.status, 503);
     assert_eq!(refused.body["error"], "gateway_full");
+    assert_eq!(gw.health().await["delivery"]["gatewayFullRefused"], 1);
     let hub = raw_http(
         gw.addr,
         &format!(
@@ -244,6 +245,17 @@ async fn a_frame_flood_is_closed_with_rate_limited_1008() {
     .await;
     assert_eq!(error.as_deref(), Some("rate_limited"));
     assert_eq!(code, Some(1008));
+    within("the close counted in /metrics", async {
+        while !gw
+            .get("/metrics")
+            .await
+            .1
+            .contains("ziraai_gateway_rate_limited_total 1\n")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -320,4 +332,61 @@ async fn polling_ack_and_admin_share_a_per_ip_limit_with_retry_after() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(gw.get("/health/ready").await.0, 200);
     WsClient::open(&gw.ws_url(), &user("limited-socket")).await;
+}
+
+#[tokio::test]
+async fn a_hub_frame_flood_gets_a_close_message_rate_limited() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start(&nats).await;
+    let url = format!(
+        "ws://{}{}?access_token={}",
+        gw.addr,
+        ziraai_gateway::signalr::HUB_PATH,
+        token(&user("hub-flood"))
+    );
+    let (mut ws, _) = within(
+        "hub connect",
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
+    .expect("upgrade");
+    let handshake = "{\"protocol\":\"json\",\"version\":1}\u{1e}";
+    within("handshake", ws.send(Message::Text(handshake.into())))
+        .await
+        .expect("sent");
+    for _ in 0..3000 {
+        if ws
+            .send(Message::Text("{\"type\":6}\u{1e}".into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (mut close, mut code) = (None, None);
+    within("the hub's close", async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => {
+                    for record in t.split('\u{1e}').filter(|r| !r.is_empty()) {
+                        let v: serde_json::Value = serde_json::from_str(record).expect("JSON");
+                        if v["type"] == 7 {
+                            close = Some(v);
+                        }
+                    }
+                }
+                Message::Close(c) => {
+                    code = c.map(|c| u16::from(c.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        close,
+        Some(serde_json::json!({"type": 7, "error": "rate_limited", "allowReconnect": true}))
+    );
+    assert_eq!(code, Some(1000));
 }

@@ -224,6 +224,24 @@ async fn metrics(
             "Delivery-tracking records dropped (queue full).",
             get(&st.tracking_dropped),
         )
+        .metric(
+            "ziraai_gateway_rate_limited_total",
+            "counter",
+            "Sockets closed for sending frames faster than ZIRAAI_GATEWAY_CLIENT_FRAME_RATE.",
+            get(&st.rate_limited),
+        )
+        .metric(
+            "ziraai_gateway_full_total",
+            "counter",
+            "Socket handshakes refused with 503 gateway_full (ZIRAAI_GATEWAY_MAX_CONNECTIONS).",
+            get(&st.gateway_full),
+        )
+        .metric(
+            "ziraai_gateway_max_connections",
+            "gauge",
+            "Sockets this process accepts at most.",
+            app.cfg.max_connections,
+        )
         .finish();
     health::metrics_text(text)
 }

@@ -70,6 +70,7 @@ pub(crate) fn admit(
         ));
     }
     if app.connections.load(Ordering::Relaxed) >= app.cfg.max_connections {
+        app.stats.gateway_full.fetch_add(1, Ordering::Relaxed);
         return Err(gateway_full());
     }
     check_origin(
@@ -295,6 +296,9 @@ impl SocketStart {
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {
             app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        if end == Some(CloseReason::RateLimited) {
+            app.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
     }
