@@ -197,3 +197,25 @@ async fn bad_origin_patterns_and_null_in_production_stop_the_gateway_with_exit_2
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn the_workers_health_details_are_allow_listed_too() {
+    let nats = NatsServer::start().await;
+    let analyzer = TestAnalyzer::start(Behaviour::default()).await;
+    let worker = TestWorker::start(worker_config(
+        &nats,
+        &analyzer,
+        &[("ZIRAAI_METRICS_ALLOW", "127.0.0.2")],
+    ))
+    .await;
+    let get = |src, path| request_from(src, worker.health, "GET", path, &[]);
+    let refused = get(PROXY, "/health").await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json()["error"], "forbidden");
+    assert!(refused.json().get("breaker").is_none(), "{}", refused.body);
+    let allowed = get(STRANGER, "/health").await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert!(allowed.json().get("breaker").is_some(), "{}", allowed.body);
+    assert_eq!(get(PROXY, "/health/ready").await.status, 200);
+    assert_eq!(get(PROXY, "/health/live").await.status, 200);
+}

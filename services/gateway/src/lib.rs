@@ -175,17 +175,21 @@ impl App {
         let state = self.state.clone();
         let router = http::router(state.clone());
         let stop = state.shutdown.clone();
-        tokio::spawn(async move {
+        let on_signal = async move {
             shutdown.await;
             tracing::info!("draining: refusing new sockets, closing open ones with 1012");
             stop.cancel();
-        });
+        };
         let opts = serve::ServeOptions {
             header_timeout: state.cfg.header_timeout,
             trusted_proxies: state.cfg.trusted_proxies.clone().into(),
             grace: state.cfg.shutdown_grace,
         };
-        serve::serve(self.listener, router, opts, state.shutdown.clone()).await;
+        // The loop stops when the signal has cancelled `shutdown`, so both end.
+        tokio::join!(
+            on_signal,
+            serve::serve(self.listener, router, opts, state.shutdown.clone())
+        );
         state.tracker.close();
         let grace = state.cfg.shutdown_grace;
         if tokio::time::timeout(grace, state.tracker.wait())
