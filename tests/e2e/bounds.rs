@@ -116,9 +116,9 @@ async fn slowloris_does_not_starve_a_gateway_with_few_descriptors() {
         "the default cap is 90 % of the open-file limit"
     );
     // More silent and half-sent connections than the process has descriptors, from
-    // ten loopback sources; they stay open on our side.
-    let mut idle = Vec::with_capacity(IDLE);
-    for i in 0..IDLE {
+    // ten loopback sources, opened at once (well within one header timeout); they stay
+    // open on our side.
+    let mut idle = futures_util::future::join_all((0..IDLE).map(|i| async move {
         let src = Ipv4Addr::new(127, 0, 0, 10 + (i % 10) as u8);
         let mut s = connect_from(src, addr).await;
         if i % 2 == 1 {
@@ -126,8 +126,9 @@ async fn slowloris_does_not_starve_a_gateway_with_few_descriptors() {
                 .await
                 .expect("half a request");
         }
-        idle.push(s);
-    }
+        s
+    }))
+    .await;
     // A new client and readiness still get through, within the test's deadline.
     let u = user("after-slowloris");
     let (status, _) = within_for(
@@ -157,6 +158,25 @@ async fn slowloris_does_not_starve_a_gateway_with_few_descriptors() {
     })
     .await;
     assert_eq!(closed, 100, "silent and half-sent connections are closed");
+    // A keep-alive connection idle after a complete request is closed too.
+    let mut kept = connect_from(Ipv4Addr::new(127, 0, 0, 3), addr).await;
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("a complete request");
+    let mut answer = Vec::new();
+    within("the keep-alive answer", async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).contains("\"live\"") {
+            let n = kept.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(5)).await,
+        "an idle keep-alive connection is closed after the header timeout"
+    );
     assert!(
         gw.stderr().contains("pausing accept"),
         "the gateway ran out of descriptors and paused accepting; stderr:\n{}",
