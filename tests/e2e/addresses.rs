@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use ziraai_e2e::*;
 
-use crate::bounds::request_from;
-
 const PROXY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 

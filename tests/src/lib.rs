@@ -9,6 +9,7 @@ mod nats_server;
 mod process;
 mod proxy;
 mod signalr;
+mod source;
 mod worker;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub use nats_server::{NatsServer, PINNED_VERSION};
 pub use process::{ServiceProcess, bin_path, send_signal, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
+pub use source::{Answer, connect_from, request_from};
 pub use worker::{
     Behaviour, PublishCounts, TestAnalyzer, TestWorker, job_events, submit_job, worker_config,
     worker_vars,
