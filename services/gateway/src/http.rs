@@ -70,17 +70,13 @@ fn per_ip_limit(
     what: &'static str,
 ) -> Router<Arc<AppState>> {
     let limit = tower_governor::governor::GovernorConfigBuilder::default()
-        .period(interval)
-        .burst_size(burst)
+        .period(interval.max(std::time::Duration::from_nanos(1)))
+        .burst_size(burst.max(1))
         .key_extractor(ClientIpKey)
         .finish()
-        // Configuration refuses a zero burst or interval, the only cases without a config.
-        .unwrap_or_else(|| {
-            tower_governor::governor::GovernorConfigBuilder::default()
-                .key_extractor(ClientIpKey)
-                .finish()
-                .unwrap_or_else(|| unreachable!("the default configuration is valid"))
-        });
+        // `finish` refuses only a zero burst or period, both excluded just above (and by
+        // configuration).
+        .expect("a non-zero burst and period make a valid limit");
     let limiter = limit.limiter().clone();
     let stop = state.shutdown.clone();
     state.tracker.spawn(async move {
