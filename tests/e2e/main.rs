@@ -1,7 +1,9 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
+mod addresses;
 mod auth;
 mod banner;
+mod bounds;
 mod client_numbers;
 mod conn_limit;
 mod delivery;

@@ -10,6 +10,7 @@ mod nats_server;
 mod process;
 mod proxy;
 mod signalr;
+mod source;
 mod worker;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use nats_server::{NatsServer, PINNED_VERSION};
 pub use process::{ServiceProcess, bin_path, send_signal, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
+pub use source::{Answer, connect_from, request_from};
 pub use worker::{
     Behaviour, PublishCounts, TestAnalyzer, TestWorker, job_events, submit_job, worker_config,
     worker_vars,
@@ -93,6 +95,8 @@ pub fn gateway_vars(nats: &NatsServer, extra: &[(&str, &str)]) -> HashMap<String
         ("ZIRAAI_GATEWAY_SHUTDOWN_GRACE".into(), "5s".into()),
         // Every test client comes from 127.0.0.1; the limit has its own test.
         ("ZIRAAI_GATEWAY_HANDSHAKE_BURST".into(), "100000".into()),
+        // Likewise for polling, ack and admin requests (tested in `bounds`).
+        ("ZIRAAI_GATEWAY_HTTP_BURST".into(), "100000".into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());

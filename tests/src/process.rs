@@ -114,8 +114,28 @@ impl ServiceProcess {
     /// working directory. `ZIRAAI_CONFIG_DIR` is empty (no file layer) unless `vars`
     /// sets it.
     pub fn spawn(bin: &str, args: &[&str], vars: &HashMap<String, String>) -> Self {
+        Self::spawn_limited(bin, args, vars, None)
+    }
+
+    /// Like [`Self::spawn`], with the open-file limit (soft and hard) set to
+    /// `open_files` when given (through util-linux's `prlimit`).
+    pub fn spawn_limited(
+        bin: &str,
+        args: &[&str],
+        vars: &HashMap<String, String>,
+        open_files: Option<u64>,
+    ) -> Self {
         let cwd = tempfile::tempdir().expect("working dir");
-        let mut cmd = Command::new(bin_path(bin));
+        let mut cmd = match open_files {
+            None => Command::new(bin_path(bin)),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin_path(bin));
+                c
+            }
+        };
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -150,10 +170,19 @@ impl ServiceProcess {
     /// `ziraai-gateway` on `nats` (test settings of [`crate::gateway_vars`] plus
     /// `extra`, JSON logs), started and ready.
     pub async fn gateway(nats: &NatsServer, extra: &[(&str, &str)]) -> Self {
+        Self::gateway_limited(nats, None, extra).await
+    }
+
+    /// [`Self::gateway`] with an open-file limit of `open_files` descriptors.
+    pub async fn gateway_limited(
+        nats: &NatsServer,
+        open_files: Option<u64>,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut vars = crate::gateway_vars(nats, extra);
         vars.entry("ZIRAAI_LOG_FORMAT".into())
             .or_insert_with(|| "json".into());
-        let mut p = Self::spawn("ziraai-gateway", &[], &vars);
+        let mut p = Self::spawn_limited("ziraai-gateway", &[], &vars, open_files);
         let addr = p.logged_addr("gateway listening", "addr").await;
         p.addr = Some(addr);
         p.wait_ready().await;

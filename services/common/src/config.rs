@@ -10,6 +10,7 @@
 
 mod file;
 mod gateway;
+mod limits;
 mod loader;
 mod parse;
 mod validate;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub use limits::open_file_limit;
 pub use parse::parse_duration;
 
 /// Secret built in for `development` only; staging and production refuse it.
@@ -86,6 +88,20 @@ pub const DEFAULT_JWT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Clock skew tolerated on a token's `exp` and `nbf` (`ZIRAAI_JWT_LEEWAY`); a socket
 /// closes this long after its token's `exp`.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+/// Time a connection has to send a complete request head (also the idle bound of a
+/// keep-alive connection between requests).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Share of the process's open-file limit the socket cap takes by default, percent.
+pub const DEFAULT_MAX_CONNECTIONS_PERCENT: u64 = 90;
+/// Client frames per socket: a sustained rate and a burst.
+pub const DEFAULT_CLIENT_FRAME_RATE: FrameRate = FrameRate {
+    count: 100,
+    per: Duration::from_secs(1),
+};
+pub const DEFAULT_CLIENT_FRAME_BURST: u32 = 1000;
+/// Polling, ack and admin requests per client IP: a burst, then one every interval.
+pub const DEFAULT_HTTP_BURST: u32 = 100;
+pub const DEFAULT_HTTP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Which deployment this is; selects the file under `infra/config/` and the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +196,27 @@ pub struct GatewayConfig {
     pub connection_limit_policy: ConnectionLimitPolicy,
     /// Heartbeat interval of this gateway in the `CONNS` bucket.
     pub connection_heartbeat: Duration,
+    /// A connection that has not sent a complete request head within this is closed.
+    pub header_timeout: Duration,
+    /// Sockets (native and SignalR) this process holds at most; more get 503.
+    pub max_connections: usize,
+    /// Sustained client frames per socket.
+    pub client_frame_rate: FrameRate,
+    /// Client frames a socket may send at once above the rate.
+    pub client_frame_burst: u32,
+    /// Polling, ack and admin requests one client IP may burst.
+    pub http_burst: u32,
+    /// One such request allowance comes back every this long (per client IP).
+    pub http_interval: Duration,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<crate::metrics::IpRange>,
+}
+
+/// A rate: `count` per `per` (`100/s`, `6000/m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRate {
+    pub count: u32,
+    pub per: Duration,
 }
 
 /// What a handshake over the per-user connection limit gets.

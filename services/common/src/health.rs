@@ -70,9 +70,10 @@ impl IntoResponse for Readiness {
     }
 }
 
-/// `/metrics` asked from an address outside the allow-list.
+/// `/metrics` (or `/health`'s details) asked from an address outside the allow-list;
+/// holds what was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsRefused;
+pub struct MetricsRefused(&'static str);
 
 /// 403 `forbidden`, JSON like every refusal.
 impl IntoResponse for MetricsRefused {
@@ -80,10 +81,20 @@ impl IntoResponse for MetricsRefused {
         (
             StatusCode::FORBIDDEN,
             axum::Json(
-                json!({"error": "forbidden", "message": "metrics are not served to this address"}),
+                json!({"error": "forbidden", "message": format!("{} are not served to this address", self.0)}),
             ),
         )
             .into_response()
+    }
+}
+
+/// `GET /health` (counters, versions, environment): the same allow-list as `/metrics`.
+/// `/health/live` and `/health/ready` stay open for load balancers and orchestrators.
+pub fn details_allowed(allow: &[IpRange], peer: IpAddr) -> Result<(), MetricsRefused> {
+    if IpRange::any_contains(allow, peer) {
+        Ok(())
+    } else {
+        Err(MetricsRefused("health details"))
     }
 }
 
@@ -93,7 +104,7 @@ pub fn metrics_allowed(allow: &[IpRange], peer: IpAddr) -> Result<(), MetricsRef
     if IpRange::any_contains(allow, peer) {
         Ok(())
     } else {
-        Err(MetricsRefused)
+        Err(MetricsRefused("metrics"))
     }
 }
 
@@ -130,5 +141,7 @@ mod tests {
             refused.err().map(|r| r.into_response().status()),
             Some(StatusCode::FORBIDDEN)
         );
+        assert!(details_allowed(&loopback, "::1".parse().expect("ip")).is_ok());
+        assert!(details_allowed(&loopback, "10.1.2.3".parse().expect("ip")).is_err());
     }
 }

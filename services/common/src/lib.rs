@@ -5,6 +5,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod nats;
+pub mod origin;
 pub mod shutdown;
 pub mod telemetry;
 

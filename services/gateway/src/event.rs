@@ -51,6 +51,10 @@ pub struct Stats {
     pub gaps: AtomicU64,
     /// Tracking records dropped because the tracking queue was full.
     pub tracking_dropped: AtomicU64,
+    /// Sockets closed for sending frames faster than their allowance.
+    pub rate_limited: AtomicU64,
+    /// Socket handshakes refused because the process held its maximum of sockets.
+    pub gateway_full: AtomicU64,
 }
 
 impl Stats {
@@ -63,6 +67,8 @@ impl Stats {
             "eventsReplayed": get(&self.replayed),
             "gapsDetected": get(&self.gaps),
             "trackingRecordsDropped": get(&self.tracking_dropped),
+            "rateLimitedClosed": get(&self.rate_limited),
+            "gatewayFullRefused": get(&self.gateway_full),
         })
     }
 }

@@ -5,28 +5,78 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use serde_json::json;
 use ziraai_common::health::{self, Readiness};
 use ziraai_common::metrics::Exposition;
 use ziraai_common::nats::NOTIFY_STREAM;
 
 use crate::AppState;
+use crate::client_ip::{ClientIp, ClientIpKey};
 use crate::error::refuse;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // Handshakes are what a misbehaving client repeats: rate-limited per client IP
     // (a burst, then one every interval), answered with 429 and Retry-After.
+    let handshakes = Router::new()
+        .route("/ws", get(crate::ws::upgrade))
+        .merge(crate::signalr::routes());
+    let handshakes = per_ip_limit(
+        handshakes,
+        &state,
+        (state.cfg.handshake_burst, state.cfg.handshake_interval),
+        "too_many_handshakes",
+        "connection attempts",
+    );
+    let api = Router::new()
+        .route("/api/v1/notifications", get(crate::api::poll))
+        .route(
+            "/api/v1/notifications/ack",
+            axum::routing::post(crate::api::ack),
+        )
+        .route("/api/v1/admin/deliveries", get(crate::api::deliveries));
+    // Polling, ack and admin requests share one allowance per client IP.
+    let api = per_ip_limit(
+        api,
+        &state,
+        (state.cfg.http_burst, state.cfg.http_interval),
+        "too_many_requests",
+        "requests",
+    );
+    let mut r = Router::new()
+        .merge(api)
+        .route("/health/live", get(|| async { health::live() }))
+        .route("/health/ready", get(ready))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
+    r = r.merge(handshakes);
+    if state.demo.is_some() {
+        r = r.route("/demo", get(crate::demo::page));
+    }
+    r.with_state(state)
+}
+
+/// A per-client-IP rate limit (a burst, then one allowance every `interval`), keyed by
+/// [`ClientIp`]; refusals are 429 `code` with `Retry-After`.
+fn per_ip_limit(
+    routes: Router<Arc<AppState>>,
+    state: &AppState,
+    (burst, interval): (u32, std::time::Duration),
+    code: &'static str,
+    what: &'static str,
+) -> Router<Arc<AppState>> {
     let limit = tower_governor::governor::GovernorConfigBuilder::default()
-        .period(state.cfg.handshake_interval)
-        .burst_size(state.cfg.handshake_burst)
+        .period(interval.max(std::time::Duration::from_nanos(1)))
+        .burst_size(burst.max(1))
+        .key_extractor(ClientIpKey)
         .finish()
-        // Configuration refuses a zero burst or interval, the only cases without a config.
-        .unwrap_or_default();
+        // `finish` refuses only a zero burst or period, both excluded just above (and by
+        // configuration).
+        .expect("a non-zero burst and period make a valid limit");
     let limiter = limit.limiter().clone();
     let stop = state.shutdown.clone();
     state.tracker.spawn(async move {
@@ -39,36 +89,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             }
         }
     });
-    let limit = tower_governor::GovernorLayer::new(Arc::new(limit)).error_handler(|e| match e {
-        tower_governor::GovernorError::TooManyRequests { wait_time, .. } => refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_handshakes",
-            format!("too many connection attempts from this address; retry in {wait_time} s"),
-        )
-        .retry_after(wait_time.max(1))
-        .into_response(),
-        other => refuse(StatusCode::INTERNAL_SERVER_ERROR, "rate_limit", other).into_response(),
-    });
-    let handshakes = Router::new()
-        .route("/ws", get(crate::ws::upgrade))
-        .merge(crate::signalr::routes())
-        .layer(limit);
-    let mut r = Router::new()
-        .route("/api/v1/notifications", get(crate::api::poll))
-        .route(
-            "/api/v1/notifications/ack",
-            axum::routing::post(crate::api::ack),
-        )
-        .route("/api/v1/admin/deliveries", get(crate::api::deliveries))
-        .route("/health/live", get(|| async { health::live() }))
-        .route("/health/ready", get(ready))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics));
-    r = r.merge(handshakes);
-    if state.demo.is_some() {
-        r = r.route("/demo", get(crate::demo::page));
-    }
-    r.with_state(state)
+    routes.layer(
+        tower_governor::GovernorLayer::new(Arc::new(limit)).error_handler(move |e| match e {
+            tower_governor::GovernorError::TooManyRequests { wait_time, .. } => refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                code,
+                format!("too many {what} from this address; retry in {wait_time} s"),
+            )
+            .retry_after(wait_time.max(1))
+            .into_response(),
+            other => refuse(StatusCode::INTERNAL_SERVER_ERROR, "rate_limit", other).into_response(),
+        }),
+    )
 }
 
 /// What readiness lacks.
@@ -97,7 +129,15 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
     readiness(&app).await.into_response()
 }
 
-async fn health(State(app): State<Arc<AppState>>) -> Response {
+/// `GET /health`: readiness with counters and versions, for allow-listed addresses
+/// only (like `/metrics`); `/health/live` and `/health/ready` stay open.
+async fn health(
+    State(app): State<Arc<AppState>>,
+    Extension(ClientIp(client)): Extension<ClientIp>,
+) -> Response {
+    if let Err(refused) = health::details_allowed(&app.metrics_allow, client) {
+        return refused.into_response();
+    }
     readiness(&app).await.with_details(json!({
         "environment": app.env.as_str(),
         "gatewayId": app.gateway_id,
@@ -108,6 +148,7 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
         },
         "realtimeEnabled": app.cfg.realtime_enabled,
         "connections": app.connections.load(Ordering::Relaxed),
+        "maxConnections": app.cfg.max_connections,
         "users": app.hub.users(),
         "delivery": app.stats.snapshot(),
     }))
@@ -116,9 +157,9 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
 async fn metrics(
     State(app): State<Arc<AppState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Extension(ClientIp(client)): Extension<ClientIp>,
 ) -> Response {
-    if let Err(refused) = health::metrics_allowed(&app.metrics_allow, peer.ip()) {
+    if let Err(refused) = health::metrics_allowed(&app.metrics_allow, client) {
         return refused.into_response();
     }
     let st = &app.stats;
@@ -190,6 +231,24 @@ async fn metrics(
             "counter",
             "Handshakes refused with 429 too_many_connections.",
             get(&app.conn_limit.refusals),
+        )
+        .metric(
+            "ziraai_gateway_rate_limited_total",
+            "counter",
+            "Sockets closed for sending frames faster than ZIRAAI_GATEWAY_CLIENT_FRAME_RATE.",
+            get(&st.rate_limited),
+        )
+        .metric(
+            "ziraai_gateway_full_total",
+            "counter",
+            "Socket handshakes refused with 503 gateway_full (ZIRAAI_GATEWAY_MAX_CONNECTIONS).",
+            get(&st.gateway_full),
+        )
+        .metric(
+            "ziraai_gateway_max_connections",
+            "gauge",
+            "Sockets this process accepts at most.",
+            app.cfg.max_connections,
         )
         .finish();
     health::metrics_text(text)

@@ -9,6 +9,7 @@ mod api;
 pub mod auth;
 mod backend;
 pub mod cli;
+mod client_ip;
 mod conn_limit;
 pub mod cursors;
 mod demo;
@@ -17,6 +18,7 @@ pub mod event;
 mod http;
 pub mod hub;
 mod request_auth;
+mod serve;
 pub mod session;
 pub mod signalr;
 mod socket;
@@ -202,16 +204,21 @@ impl App {
         let state = self.state.clone();
         let router = http::router(state.clone());
         let stop = state.shutdown.clone();
-        let serve = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let on_signal = async move {
             shutdown.await;
             tracing::info!("draining: refusing new sockets, closing open ones with 1012");
             stop.cancel();
-        });
-        serve.await.context("HTTP server failed")?;
+        };
+        let opts = serve::ServeOptions {
+            header_timeout: state.cfg.header_timeout,
+            trusted_proxies: state.cfg.trusted_proxies.clone().into(),
+            grace: state.cfg.shutdown_grace,
+        };
+        // The loop stops when the signal has cancelled `shutdown`, so both end.
+        tokio::join!(
+            on_signal,
+            serve::serve(self.listener, router, opts, state.shutdown.clone())
+        );
         state.tracker.close();
         let grace = state.cfg.shutdown_grace;
         if tokio::time::timeout(grace, state.tracker.wait())

@@ -32,23 +32,21 @@ pub(crate) fn authenticate(
 }
 
 /// The origin rule: no `Origin` (a non-browser client, whose token is its credential)
-/// passes; an origin passes when `allowed` lists it (case-insensitively) or holds `*`.
-/// An `Origin` that is not visible ASCII can match nothing and is refused: the rule
-/// fails closed (403 `origin_not_allowed`).
+/// passes; an origin passes when a pattern of `allowed` matches it (case-insensitively;
+/// `https://*.example.com` stands for one label; `*` for any origin; see
+/// [`ziraai_common::origin`]). An `Origin` that is not visible ASCII can match nothing
+/// and is refused, and so is `null` in production: the rule fails closed (403
+/// `origin_not_allowed`).
 pub(crate) fn check_origin(
     allowed: &[String],
     origin: Option<&HeaderValue>,
+    production: bool,
 ) -> Result<(), ApiError> {
     let Some(origin) = origin else {
         return Ok(());
     };
     let text = origin.to_str().ok();
-    let listed = |o: &str| {
-        allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
-    };
-    if text.is_some_and(listed) {
+    if text.is_some_and(|o| ziraai_common::origin::allowed(allowed, o, production)) {
         return Ok(());
     }
     Err(refuse(
@@ -69,7 +67,7 @@ mod tests {
 
     fn status(allowed: &[&str], origin: Option<&HeaderValue>) -> Option<StatusCode> {
         let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
-        check_origin(&allowed, origin)
+        check_origin(&allowed, origin, false)
             .err()
             .map(|e| e.into_response().status())
     }
@@ -99,6 +97,26 @@ mod tests {
         assert_eq!(
             status(&["https://evil.example"], Some(&raw)),
             Some(StatusCode::FORBIDDEN)
+        );
+    }
+
+    #[test]
+    fn patterns_match_one_label_and_null_is_refused_in_production() {
+        let sub = HeaderValue::from_static("https://a.ziraai.com");
+        let deep = HeaderValue::from_static("https://a.b.ziraai.com");
+        let apex = HeaderValue::from_static("https://ziraai.com");
+        let pattern = ["https://*.ziraai.com"];
+        assert_eq!(status(&pattern, Some(&sub)), None);
+        assert_eq!(status(&pattern, Some(&deep)), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status(&pattern, Some(&apex)), Some(StatusCode::FORBIDDEN));
+        let null = HeaderValue::from_static("null");
+        assert_eq!(status(&["null"], Some(&null)), None, "development");
+        let allowed = vec!["null".to_owned(), "*".to_owned()];
+        let refused = check_origin(&allowed, Some(&null), true).err();
+        assert_eq!(
+            refused.map(|e| e.into_response().status()),
+            Some(StatusCode::FORBIDDEN),
+            "production"
         );
     }
 }

@@ -23,9 +23,11 @@ use crate::tracking::TrackKind;
 
 mod conn;
 pub mod native;
+mod rate;
 pub mod refresh;
 
 pub use native::close_code;
+pub use rate::FrameLimit;
 
 /// How long the close handshake may take before the socket is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -56,6 +58,8 @@ pub enum CloseReason {
     /// The user opened more connections than `ZIRAAI_MAX_CONNECTIONS_PER_USER`; this,
     /// their oldest, was evicted.
     ConnectionLimit,
+    /// The client sent frames faster than its allowance (`rate_limited`, 1008).
+    RateLimited,
 }
 
 /// Shared between a socket's session and the hub.
@@ -103,6 +107,8 @@ pub struct SessionLimits {
     pub write_timeout: Duration,
     /// Shortest interval between two cursor writes.
     pub cursor_flush: Duration,
+    /// Client frames allowed per socket.
+    pub frames: FrameLimit,
 }
 
 /// How a socket error is classified; lets the loop map oversized frames to 1009.

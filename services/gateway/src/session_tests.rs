@@ -126,6 +126,10 @@ struct Peer {
 pub(super) const LIMITS: SessionLimits = SessionLimits {
     write_timeout: Duration::from_secs(5),
     cursor_flush: Duration::from_secs(1),
+    frames: super::FrameLimit {
+        interval: Duration::from_millis(10),
+        burst: 1000,
+    },
 };
 pub(super) const PING_INTERVAL: Duration = Duration::from_secs(30);
 

@@ -35,8 +35,21 @@ const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// `Retry-After` of a refusal while realtime is switched off, seconds.
 const REALTIME_OFF_RETRY_AFTER: u64 = 30;
 
+/// `Retry-After` of a refusal because this process holds its maximum of sockets.
+const GATEWAY_FULL_RETRY_AFTER: u64 = 5;
+
+/// 503 `gateway_full`: this process holds `ZIRAAI_GATEWAY_MAX_CONNECTIONS` sockets.
+fn gateway_full() -> ApiError {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gateway_full",
+        "this gateway holds its maximum of sockets; retry, or connect to another instance",
+    )
+    .retry_after(GATEWAY_FULL_RETRY_AFTER)
+}
+
 /// Refusals shared by every socket endpoint, in order: realtime switch, draining,
-/// origin, authentication.
+/// the socket cap, origin, authentication.
 pub(crate) fn admit(
     app: &AppState,
     headers: &HeaderMap,
@@ -57,7 +70,15 @@ pub(crate) fn admit(
             "gateway is shutting down; reconnect to another instance",
         ));
     }
-    check_origin(&app.cfg.allowed_origins, headers.get(header::ORIGIN))?;
+    if app.connections.load(Ordering::Relaxed) >= app.cfg.max_connections {
+        app.stats.gateway_full.fetch_add(1, Ordering::Relaxed);
+        return Err(gateway_full());
+    }
+    check_origin(
+        &app.cfg.allowed_origins,
+        headers.get(header::ORIGIN),
+        app.env == ziraai_common::Environment::Production,
+    )?;
     authenticate(app, headers, query)
 }
 
@@ -230,6 +251,10 @@ impl Admitted {
             limits: SessionLimits {
                 write_timeout: app.cfg.write_timeout,
                 cursor_flush: app.cfg.cursor_flush_interval,
+                frames: session::FrameLimit {
+                    interval: app.cfg.client_frame_rate.interval(),
+                    burst: app.cfg.client_frame_burst,
+                },
             },
             start_after,
             backend,
@@ -303,6 +328,9 @@ impl SocketStart {
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {
             app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        if end == Some(CloseReason::RateLimited) {
+            app.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
     }

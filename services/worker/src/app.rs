@@ -197,7 +197,15 @@ async fn ready(State(h): State<HealthState>) -> Response {
     readiness(&h).into_response()
 }
 
-async fn details(State(h): State<HealthState>) -> Response {
+/// `GET /health`: readiness with the worker's counters, for allow-listed addresses
+/// only (`ZIRAAI_METRICS_ALLOW`, like `/metrics`).
+async fn details(
+    State(h): State<HealthState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Err(refused) = health::details_allowed(&h.metrics_allow, peer.ip()) {
+        return refused.into_response();
+    }
     let readiness = readiness(&h);
     let pending = match tokio::time::timeout(
         std::time::Duration::from_secs(2),

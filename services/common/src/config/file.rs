@@ -54,6 +54,13 @@ pub(super) struct GatewayFile {
     pub(super) max_connections_per_user: Option<usize>,
     pub(super) connection_limit_policy: Option<String>,
     pub(super) connection_heartbeat: Option<String>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) client_frame_rate: Option<String>,
+    pub(super) client_frame_burst: Option<u32>,
+    pub(super) http_burst: Option<u32>,
+    pub(super) http_interval: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,6 +43,13 @@ pub(super) const VARS: &[&str] = &[
     "ZIRAAI_MAX_CONNECTIONS_PER_USER",
     "ZIRAAI_CONNECTION_LIMIT_POLICY",
     "ZIRAAI_CONNECTION_HEARTBEAT",
+    "ZIRAAI_GATEWAY_HEADER_TIMEOUT",
+    "ZIRAAI_GATEWAY_MAX_CONNECTIONS",
+    "ZIRAAI_GATEWAY_CLIENT_FRAME_RATE",
+    "ZIRAAI_GATEWAY_CLIENT_FRAME_BURST",
+    "ZIRAAI_GATEWAY_HTTP_BURST",
+    "ZIRAAI_GATEWAY_HTTP_INTERVAL",
+    "ZIRAAI_TRUSTED_PROXIES",
 ];
 
 /// A user id as the demo settings take it (gateway page and worker producer alike).
@@ -200,7 +207,55 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
             DEFAULT_CONNECTION_HEARTBEAT,
             parse_heartbeat,
         ),
+        header_timeout: l.pick(
+            "ZIRAAI_GATEWAY_HEADER_TIMEOUT",
+            g.header_timeout,
+            DEFAULT_HEADER_TIMEOUT,
+            parse_nonzero_duration,
+        ),
+        max_connections: l.pick(
+            "ZIRAAI_GATEWAY_MAX_CONNECTIONS",
+            g.max_connections.map(|n| n.to_string()),
+            super::limits::default_max_connections(DEFAULT_MAX_CONNECTIONS_PERCENT),
+            parse_positive,
+        ),
+        client_frame_rate: l.pick(
+            "ZIRAAI_GATEWAY_CLIENT_FRAME_RATE",
+            g.client_frame_rate,
+            DEFAULT_CLIENT_FRAME_RATE,
+            super::limits::parse_rate,
+        ),
+        client_frame_burst: l.pick(
+            "ZIRAAI_GATEWAY_CLIENT_FRAME_BURST",
+            g.client_frame_burst.map(|n| n.to_string()),
+            DEFAULT_CLIENT_FRAME_BURST,
+            parse_positive_u32,
+        ),
+        http_burst: l.pick(
+            "ZIRAAI_GATEWAY_HTTP_BURST",
+            g.http_burst.map(|n| n.to_string()),
+            DEFAULT_HTTP_BURST,
+            parse_positive_u32,
+        ),
+        http_interval: l.pick(
+            "ZIRAAI_GATEWAY_HTTP_INTERVAL",
+            g.http_interval,
+            DEFAULT_HTTP_INTERVAL,
+            parse_nonzero_duration,
+        ),
+        trusted_proxies: l.pick(
+            "ZIRAAI_TRUSTED_PROXIES",
+            g.trusted_proxies.map(|v| v.join(",")),
+            Vec::new(),
+            |s| {
+                split_list(s)
+                    .iter()
+                    .map(|r| crate::metrics::IpRange::parse(r))
+                    .collect()
+            },
+        ),
     };
+    origins(l, &gateway.allowed_origins, env);
     if env == Environment::Production && gateway.allowed_origins.iter().any(|o| o == "*") {
         l.errors.push(
             "ZIRAAI_GATEWAY_ALLOWED_ORIGINS: the wildcard \"*\" is refused in production; list the real origins"
@@ -212,6 +267,21 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
             .push("ZIRAAI_GATEWAY_DEMO_PAGE: the demo page is development-only".into());
     }
     gateway
+}
+
+/// Every origin pattern parses (one line per bad one); `null` is refused in production.
+fn origins(l: &mut Loader<'_>, origins: &[String], env: Environment) {
+    for o in origins {
+        if let Err(e) = crate::origin::OriginPattern::parse(o) {
+            l.errors
+                .push(format!("ZIRAAI_GATEWAY_ALLOWED_ORIGINS: {e}"));
+        } else if env == Environment::Production && o == "null" {
+            l.errors.push(
+                "ZIRAAI_GATEWAY_ALLOWED_ORIGINS: \"null\" (sandboxed and file: pages) is refused in production"
+                    .into(),
+            );
+        }
+    }
 }
 
 /// Token verification: the JWT secret (required outside development) and the claim

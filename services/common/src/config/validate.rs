@@ -210,3 +210,7 @@ fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "validate_bounds_tests.rs"]
+mod bounds_tests;

@@ -49,6 +49,8 @@ pub(super) struct Conn<S, B, D> {
     last_cursor_save: Option<Instant>,
     /// Fires when the socket's token expires; moved by a refresh.
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Client frames still allowed (`ZIRAAI_GATEWAY_CLIENT_FRAME_RATE`).
+    frames: super::rate::FrameBudget,
 }
 
 type Step = Result<(), Stop>;
@@ -79,6 +81,7 @@ where
             queue,
             ctl,
             last_seen: s.start_after,
+            frames: super::rate::FrameBudget::new(s.limits.frames),
             s,
             d,
             unacked: VecDeque::new(),
@@ -269,6 +272,11 @@ where
     }
 
     async fn inbound(&mut self, incoming: Option<Result<Message, E>>) -> Step {
+        if matches!(&incoming, Some(Ok(m)) if !matches!(m, Message::Close(_)))
+            && !self.frames.take()
+        {
+            return Err(Stop::Close(CloseReason::RateLimited));
+        }
         let msg = match incoming {
             None | Some(Ok(Message::Close(_))) => return Err(Stop::Gone),
             Some(Err(e)) if e.is_too_big() => return Err(Stop::Close(CloseReason::TooBig)),

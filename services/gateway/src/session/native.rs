@@ -84,6 +84,13 @@ impl CloseReason {
                         .into(),
                 )),
             ),
+            Self::RateLimited => (
+                POLICY,
+                Some((
+                    "rate_limited",
+                    "frames arrived faster than this socket's allowance".into(),
+                )),
+            ),
         }
     }
 
@@ -100,6 +107,7 @@ impl CloseReason {
             Self::TokenExpired => "token expired",
             Self::AuthRefused { .. } => "token refused",
             Self::ConnectionLimit => "connection limit",
+            Self::RateLimited => "rate limited",
         }
     }
 }

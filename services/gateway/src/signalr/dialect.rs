@@ -134,6 +134,7 @@ impl Dialect for SignalrDialect {
             CloseReason::Shutdown => "Server is restarting; reconnect.",
             // The client reconnects and its accessTokenFactory supplies a fresh token.
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::RateLimited => "rate_limited",
             _ => CLOSED_WITH_ERROR,
         };
         // allowReconnect: the client's automatic reconnect resumes, losing nothing.

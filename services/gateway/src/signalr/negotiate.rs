@@ -24,7 +24,11 @@ fn cors(
     headers: &HeaderMap,
 ) -> Result<Vec<(header::HeaderName, HeaderValue)>, ApiError> {
     let origin = headers.get(header::ORIGIN);
-    check_origin(&app.cfg.allowed_origins, origin)?;
+    check_origin(
+        &app.cfg.allowed_origins,
+        origin,
+        app.env == ziraai_common::Environment::Production,
+    )?;
     let Some(origin) = origin else {
         return Ok(Vec::new());
     };
