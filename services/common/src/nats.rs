@@ -155,13 +155,13 @@ pub async fn connect_observed(
         .map(|u| without_credentials(u))
         .collect::<Vec<_>>()
         .join(",");
-    let client =
-        opts.connect(target.urls.as_slice())
-            .await
-            .map_err(|source| NatsSetupError::Connect {
-                urls: urls.clone(),
-                source,
-            })?;
+    let client = opts
+        .connect(target.urls.as_slice())
+        .await
+        .map_err(|source| NatsSetupError::Connect {
+            urls: urls.clone(),
+            source,
+        })?;
     check_version(&client, &urls)?;
     Ok((client, reconnects))
 }

@@ -63,10 +63,9 @@ fn split(url: &str) -> (String, Option<UrlAuth>) {
         None => host.to_owned(),
     };
     let auth = match userinfo.split_once(':') {
-        Some((user, pw)) => UrlAuth::UserPassword(
-            percent_decode(user),
-            SecretString::from(percent_decode(pw)),
-        ),
+        Some((user, pw)) => {
+            UrlAuth::UserPassword(percent_decode(user), SecretString::from(percent_decode(pw)))
+        }
         None => UrlAuth::Token(SecretString::from(percent_decode(userinfo))),
     };
     (clean, Some(auth))

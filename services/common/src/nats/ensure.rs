@@ -77,12 +77,22 @@ mod tests {
         let server = json!({"name": "N", "max_age": 5, "metadata": {"_nats.level": "1"},
             "republish": {"src": "a.>", "dest": "b.>", "headers_only": false}, "sealed": false});
         assert!(matches(&wanted, &server));
-        let changed = json!({"name": "N", "max_age": 6, "republish": {"src": "a.>", "dest": "b.>"}});
+        let changed =
+            json!({"name": "N", "max_age": 6, "republish": {"src": "a.>", "dest": "b.>"}});
         assert!(!matches(&wanted, &changed), "a changed value is an update");
         let missing = json!({"name": "N", "max_age": 5});
         assert!(!matches(&wanted, &missing), "a missing field is an update");
-        assert_eq!(differing_field(&wanted, &changed).as_deref(), Some("max_age"));
-        assert!(matches(&json!({"metadata": {"x": "1"}}), &json!({})), "server-owned");
-        assert!(matches(&json!({"max_msgs_per_subject": 0}), &json!({"max_msgs_per_subject": -1})));
+        assert_eq!(
+            differing_field(&wanted, &changed).as_deref(),
+            Some("max_age")
+        );
+        assert!(
+            matches(&json!({"metadata": {"x": "1"}}), &json!({})),
+            "server-owned"
+        );
+        assert!(matches(
+            &json!({"max_msgs_per_subject": 0}),
+            &json!({"max_msgs_per_subject": -1})
+        ));
     }
 }
