@@ -191,6 +191,34 @@ async fn each_credential_is_refused_what_it_must_not_do() {
     );
     gw.refused("Publish to \"notify.victim\"").await;
 
+    // Gateways answer each other on ziraai.gateway.> (the eviction request).
+    let other = Observed::connect(&nats, "gateway").await;
+    let mut control = other
+        .client
+        .subscribe("ziraai.gateway.gw-b.evict")
+        .await
+        .expect("a gateway listens on its control subject");
+    other.client.flush().await.expect("flushed");
+    let responder = tokio::spawn(async move {
+        let request = control.next().await.expect("a request");
+        let reply = request.reply.expect("with a reply subject");
+        other
+            .client
+            .publish(reply, "closed".into())
+            .await
+            .expect("answered");
+        other.client.flush().await.expect("flushed");
+    });
+    let answer = within(
+        "request to another gateway",
+        gw.client.request("ziraai.gateway.gw-b.evict", "c1".into()),
+    )
+    .await
+    .expect("the other gateway may answer on the reply subject");
+    assert_eq!(answer.payload.as_ref(), b"closed");
+    within("responder", responder).await.expect("responder ok");
+    gw.publish_refused("_INBOX.not-a-reply").await;
+
     // Worker: no live subjects, no gateway buckets.
     let mut wk = Observed::connect(&nats, "worker").await;
     wk.publish_refused("live.victim").await;
