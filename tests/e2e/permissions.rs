@@ -149,10 +149,10 @@ async fn services_run_with_their_own_credentials_and_a_job_reaches_a_socket() {
     let key = format!("{u}.d1");
     within("cursor written", async {
         loop {
-            if let Ok(Some(v)) = cursors.get(&key).await {
-                if v.as_ref() == event.seq.to_string().as_bytes() {
-                    return;
-                }
+            if let Ok(Some(v)) = cursors.get(&key).await
+                && v.as_ref() == event.seq.to_string().as_bytes()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -210,10 +210,10 @@ pub async fn apply_stream(
     config: stream::Config,
 ) -> Result<(), NatsSetupError> {
     let name = config.name.clone();
-    if let Ok(current) = js.get_stream(&name).await {
-        if ensure::matches(&config, &current.cached_info().config) {
-            return Ok(());
-        }
+    if let Ok(current) = js.get_stream(&name).await
+        && ensure::matches(&config, &current.cached_info().config)
+    {
+        return Ok(());
     }
     js.create_or_update_stream(config)
         .await
@@ -243,10 +243,10 @@ pub async fn apply_job_streams(
         .map_err(|e| NatsSetupError::Consumer(e.to_string()))?;
     if let Some(name) = config.durable_name.as_deref() {
         let current = stream.get_consumer::<jetstream::consumer::pull::Config>(name);
-        if let Ok(current) = current.await {
-            if ensure::matches(&config, &current.cached_info().config) {
-                return Ok(current);
-            }
+        if let Ok(current) = current.await
+            && ensure::matches(&config, &current.cached_info().config)
+        {
+            return Ok(current);
         }
     }
     stream
