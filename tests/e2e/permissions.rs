@@ -198,7 +198,13 @@ async fn each_credential_is_refused_what_it_must_not_do() {
         .subscribe("ziraai.gateway.gw-b.evict")
         .await
         .expect("a gateway listens on its control subject");
-    other.client.flush().await.expect("flushed");
+    // The gateway's barrier: the server answers "no responders" once it has handled
+    // every earlier command of this connection, the SUB included (a flush only writes).
+    let barrier = other.client.request("_ZIRAAI.barrier.test", "".into());
+    let barrier = within("barrier", barrier)
+        .await
+        .expect_err("nobody answers");
+    assert_eq!(barrier.kind(), async_nats::RequestErrorKind::NoResponders);
     let responder = tokio::spawn(async move {
         let request = control.next().await.expect("a request");
         let reply = request.reply.expect("with a reply subject");
