@@ -351,6 +351,12 @@ async fn a_password_in_the_nats_url_never_reaches_a_log_line() {
         ("ZIRAAI_LOG_FORMAT", "json"),
     ];
     let mut gateway = ServiceProcess::gateway(&nats, &trace).await;
+    // The development demo page shows the broker URL (in its submit command) too.
+    let (status, page) = http_get(gateway.addr(), "/demo").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("ziraai-worker submit"), "the demo page is on");
+    assert!(!page.contains("{{"), "every placeholder filled");
+    assert!(!page.contains(&gw_pw), "the password is on the demo page");
     let socket = WsClient::open(&gateway.ws_url(), &u).await;
     socket.close().await;
     gateway.sigterm();

@@ -170,8 +170,8 @@ fn check_version(client: &Client, url: &str) -> Result<(), NatsSetupError> {
     version_supported(client.server_info().version, url.to_owned())
 }
 
-/// `nats://user:pw@host:4222` → `nats://***@host:4222`.
-fn without_credentials(url: &str) -> String {
+/// `nats://user:pw@host:4222` → `nats://***@host:4222`: a URL fit to print.
+pub fn without_credentials(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
