@@ -3,6 +3,7 @@
 //! Needs the binaries built (`cargo build --workspace --bins`; `make test` does it).
 
 mod bad_config;
+mod broker_down;
 mod worker_kill;
 
 use std::sync::Arc;

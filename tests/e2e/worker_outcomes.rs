@@ -210,6 +210,9 @@ async fn publish_cli(nats: &NatsServer, args: &[&str]) -> (bool, String, String)
         tokio::process::Command::new(bin_path("ziraai-worker"))
             .arg("publish")
             .args(args)
+            // Only what a user's shell would give it (no test variables to warn about).
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("ZIRAAI_NATS_URL", nats.url())
             .env("ZIRAAI_CONFIG_DIR", "")
             .env("NO_COLOR", "1")
@@ -237,6 +240,7 @@ async fn publish_prints_the_sequence_or_says_duplicate_and_refuses_bad_input() {
     ];
     let (ok, first, err) = publish_cli(&nats, &args).await;
     assert!(ok, "{err}");
+    assert_eq!(err, "", "nothing on stderr at the default log level");
     let seq: u64 = first
         .trim_end()
         .parse()

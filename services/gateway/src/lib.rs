@@ -43,6 +43,9 @@ use crate::hub::Hub;
 use crate::store::EventStore;
 use crate::tracking::Tracking;
 
+/// Longest wait for the NATS connection to drain at the end of a shutdown.
+const FINAL_NATS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// State shared by every request handler.
 pub(crate) struct AppState {
     pub(crate) env: Environment,
@@ -198,8 +201,15 @@ impl App {
         // Sessions have flushed their cursors and queued their last tracking records.
         self.tracking_stop.cancel();
         let _ = tokio::time::timeout(grace, self.tracking_task).await;
-        if let Err(e) = state.client.drain().await {
-            tracing::debug!(error = %e, "NATS drain failed");
+        // Bounded: with the broker unreachable, a drain would wait for a reconnect
+        // that may never come, and the process must still exit.
+        match tokio::time::timeout(FINAL_NATS_DRAIN, state.client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "NATS drain failed"),
+            Err(_) => tracing::warn!(
+                limit = ?FINAL_NATS_DRAIN,
+                "NATS unreachable at shutdown; exiting without draining the connection"
+            ),
         }
         tracing::info!("stopped");
         Ok(())

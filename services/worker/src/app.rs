@@ -24,6 +24,9 @@ use crate::analyzer::Analyzer;
 use crate::breaker::{Breaker, State as BreakerState};
 use crate::runner::{Counters, Runner};
 
+/// Longest wait for the final flush of the NATS connection at shutdown.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A bound, connected worker, not yet running.
 pub struct WorkerApp {
     listener: TcpListener,
@@ -148,8 +151,15 @@ impl WorkerApp {
             tracker.wait().await;
         }
         let _ = http.await;
-        if let Err(e) = self.client.flush().await {
-            tracing::debug!(error = %e, "final flush failed");
+        // Bounded: with the broker unreachable a flush waits for a reconnect that may
+        // never come; what it would flush (acks, naks) is redelivered anyway.
+        match tokio::time::timeout(FINAL_FLUSH, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "final flush failed"),
+            Err(_) => tracing::warn!(
+                limit = ?FINAL_FLUSH,
+                "NATS unreachable at shutdown; exiting without a final flush"
+            ),
         }
         tracing::info!("stopped");
         Ok(())

@@ -199,11 +199,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let published = publisher
                 .publish_checked(outcome.user_id(), &checked)
                 .await?;
-            eprintln!(
-                "published {} {} as {}",
-                outcome.kind(),
-                outcome.user_id().notify_subject(),
-                outcome.event_id(),
+            // Details for RUST_LOG=info; by default the one line below is all.
+            tracing::info!(
+                kind = outcome.kind(),
+                subject = %outcome.user_id().notify_subject(),
+                id = %outcome.event_id(),
+                seq = published.seq,
+                duplicate = published.duplicate,
+                "published"
             );
             if published.duplicate {
                 println!("duplicate: stored earlier as {}", published.seq);

@@ -189,8 +189,16 @@ where
         let mut delay = READ_RETRY;
         loop {
             // Boxed: the read's future is large and rare; inline, every idle socket's
-            // task would carry its size.
-            match Box::pin(self.s.backend.next_after(self.last_seen)).await {
+            // task would carry its size. Raced with the stop signals: a read waiting on
+            // an unreachable broker must not hold back a drain's 1012.
+            let read = Box::pin(self.s.backend.next_after(self.last_seen));
+            let result = tokio::select! {
+                biased;
+                _ = self.ctl.cancel.cancelled() => return Err(Stop::Close(self.ctl.reason.get().cloned().unwrap_or(CloseReason::Internal))),
+                _ = self.s.shutdown.cancelled() => return Err(Stop::Close(CloseReason::Shutdown)),
+                r = read => r,
+            };
+            match result {
                 Ok(next) => return Ok(next),
                 Err(e) if started.elapsed() >= READ_PATIENCE => {
                     tracing::warn!(error = %e, after = self.last_seen, "cannot read the stream for this socket; closing it");
