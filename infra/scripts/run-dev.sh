@@ -2,7 +2,10 @@
 # `make run`: the whole pipeline on one machine, for development.
 #   1. NATS: use ZIRAAI_NATS_URL if it answers; otherwise start the pinned nats-server
 #      with nats/dev.conf on 127.0.0.1:4333 (not the system NATS on 4222) and a
-#      git-ignored store in .run/.
+#      git-ignored store in .run/. That server enforces nats/auth.conf: fresh random
+#      passwords are written to .run/nats/<user>.password (never printed), the
+#      operator provisions the streams (ziraai-worker provision), and each service
+#      connects as its own user (ZIRAAI_NATS_USER + ZIRAAI_NATS_PASSWORD_FILE).
 #   2. One gateway (ziraai-gateway), the worker consuming jobs (ziraai-worker run), a
 #      development analyzer with sample results (ziraai-worker dev-analyzer), and the
 #      demo job submitter (ziraai-worker demo).
@@ -122,33 +125,75 @@ if [ "$skip_build" != 1 ]; then
   cargo build --quiet --bins
 fi
 
+# Credentials of the users in nats/auth.conf, one file each; empty when the server is
+# not ours (then the services use whatever ZIRAAI_NATS_* says).
+cred_dir="$run_dir/nats"
+nats_users=(gateway worker platform operator)
+as_user() { # user: the variables that make a service connect as that user
+  if [ -n "$own_nats" ]; then
+    echo "ZIRAAI_NATS_USER=$1 ZIRAAI_NATS_PASSWORD_FILE=$cred_dir/$1.password"
+  fi
+}
+new_passwords() { # fresh random passwords, readable by this user only
+  local u
+  rm -rf "$cred_dir"
+  (umask 077 && mkdir -p "$cred_dir")
+  for u in "${nats_users[@]}"; do
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$cred_dir/$u.password")
+  done
+}
+start_nats() { # like start, with each password in nats-server's environment only
+  (
+    for u in "${nats_users[@]}"; do
+      export "ZIRAAI_NATS_${u^^}_PASSWORD=$(cat "$cred_dir/$u.password")"
+    done
+    exec "$nats_bin" -c nats/dev.conf -a "${nats_addr%:*}" -p "${nats_addr##*:}" \
+      -m "$nats_monitor_port" -sd "$run_dir/nats-store"
+  ) >"$run_dir/nats.log" 2>&1 &
+  pids+=($!)
+  names+=(nats-server)
+}
+
+own_nats=""
 nats_addr="$(first_hostport "$ZIRAAI_NATS_URL")"
 if answers "$nats_addr"; then
   echo "NATS: using the server that answers at $ZIRAAI_NATS_URL"
 else
+  own_nats=1
   nats_bin="$(ZIRAAI_NATS_SERVER_BIN="$nats_bin" infra/scripts/ensure-nats-server.sh)"
-  echo "NATS: starting $("$nats_bin" --version) on $nats_addr (store $run_dir/nats-store, log $run_dir/nats.log)"
-  start nats-server "$nats_bin" -c nats/dev.conf -a "${nats_addr%:*}" -p "${nats_addr##*:}" \
-    -m "$nats_monitor_port" -sd "$run_dir/nats-store" >"$run_dir/nats.log" 2>&1
+  echo "NATS: starting $("$nats_bin" --version) on $nats_addr with nats/auth.conf (store $run_dir/nats-store, log $run_dir/nats.log, passwords $cred_dir/)"
+  new_passwords
+  start_nats
   wait_for "nats-server" 10 answers "$nats_addr"
+  # Our users authenticate with their own files, not with a credential set here.
+  unset ZIRAAI_NATS_USER ZIRAAI_NATS_PASSWORD ZIRAAI_NATS_PASSWORD_FILE ZIRAAI_NATS_TOKEN \
+    ZIRAAI_NATS_TOKEN_FILE ZIRAAI_NATS_CREDS_FILE
+  # shellcheck disable=SC2046 # as_user prints variable assignments for env
+  env $(as_user operator) "$bin_dir/ziraai-worker" provision >/dev/null
 fi
 
 refuse_busy "$ZIRAAI_GATEWAY_LISTEN" ZIRAAI_GATEWAY_LISTEN
 refuse_busy "$ZIRAAI_WORKER_LISTEN" ZIRAAI_WORKER_LISTEN
 refuse_busy "$ZIRAAI_DEV_ANALYZER_LISTEN" ZIRAAI_DEV_ANALYZER_LISTEN
-start "gateway (ziraai-gateway)" "$bin_dir/ziraai-gateway"
+# shellcheck disable=SC2046 # as_user prints variable assignments for env
+start "gateway (ziraai-gateway)" env $(as_user gateway) "$bin_dir/ziraai-gateway"
 wait_for "gateway readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_GATEWAY_LISTEN/health/ready"
 start "development analyzer (ziraai-worker dev-analyzer)" "$bin_dir/ziraai-worker" dev-analyzer
-start "worker (ziraai-worker run)" "$bin_dir/ziraai-worker" run
+# shellcheck disable=SC2046
+start "worker (ziraai-worker run)" env $(as_user worker) "$bin_dir/ziraai-worker" run
 wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
-start "demo job submitter (ziraai-worker demo)" "$bin_dir/ziraai-worker" demo
+# shellcheck disable=SC2046
+start "demo job submitter (ziraai-worker demo)" env $(as_user platform) "$bin_dir/ziraai-worker" demo
 
 gw="$ZIRAAI_GATEWAY_LISTEN"
 user="$ZIRAAI_DEMO_USER"
 with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL"
 watch_cmd="$bin_dir/ziraai-gateway watch --url ws://$gw/ws --user $user"
-submit_cmd="$with_nats $bin_dir/ziraai-worker submit --user $user --analysis 42"
-publish_cmd="$with_nats $bin_dir/ziraai-worker publish --user $user --analysis 43 --result '{\"disease\":\"leaf rust\",\"confidence\":0.93}'"
+# Job submitters connect as `platform`, producers as `worker` (the password stays in its file).
+submit_cmd="$with_nats $(as_user platform) $bin_dir/ziraai-worker submit --user $user --analysis 42"
+submit_cmd="${submit_cmd//  / }"
+publish_cmd="$with_nats $(as_user worker) $bin_dir/ziraai-worker publish --user $user --analysis 43 --result '{\"disease\":\"leaf rust\",\"confidence\":0.93}'"
+publish_cmd="${publish_cmd//  / }"
 admin_cmd="curl -fsS -H \"Authorization: Bearer \$($bin_dir/ziraai-gateway token --user ops --role Admin)\" 'http://$gw/api/v1/admin/deliveries?userId=$user'"
 gateway_health_cmd="curl -fsS http://$gw/health"
 worker_health_cmd="curl -fsS http://$ZIRAAI_WORKER_LISTEN/health"

@@ -10,6 +10,7 @@ mod delivery;
 mod demo_page;
 mod durable;
 mod lifecycle;
+mod permissions;
 mod polling;
 mod processes;
 mod protocol;

@@ -3,6 +3,10 @@
 //! The binary is the one `make` provisions (`ZIRAAI_TEST_NATS_SERVER`, else
 //! `.tools/nats-server-<version>/bin/nats-server` in the workspace). The port comes
 //! from the server's ports file (`-p -1`), so there is no race for a free port.
+//!
+//! [`NatsServer::start`] has no authorization (most tests); [`NatsServer::start_with_auth`]
+//! enforces the shipped `nats/auth.conf`, with a fresh password per user passed in the
+//! server's environment, as `make run` and production do.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,7 +23,17 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     monitor_port: u16,
+    /// `(user, password)` of every user of `nats/auth.conf`, when it is enforced.
+    users: Option<Vec<(&'static str, String)>>,
 }
+
+/// The users of `nats/auth.conf`, each with its password variable.
+pub(crate) const AUTH_USERS: [(&str, &str); 4] = [
+    ("gateway", "ZIRAAI_NATS_GATEWAY_PASSWORD"),
+    ("worker", "ZIRAAI_NATS_WORKER_PASSWORD"),
+    ("platform", "ZIRAAI_NATS_PLATFORM_PASSWORD"),
+    ("operator", "ZIRAAI_NATS_OPERATOR_PASSWORD"),
+];
 
 fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("ZIRAAI_TEST_NATS_SERVER") {
@@ -48,16 +62,62 @@ impl NatsServer {
             child: None,
             port: 0,
             monitor_port: 0,
+            users: None,
         };
         s.spawn("-1").await;
         s
+    }
+
+    /// Like [`start`](Self::start), enforcing the shipped `nats/auth.conf` (the real
+    /// file) with a random password per user.
+    pub async fn start_with_auth() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let users = AUTH_USERS
+            .iter()
+            .map(|(user, _)| (*user, format!("pw-{}", nuid::next())))
+            .collect();
+        let mut s = Self {
+            dir,
+            child: None,
+            port: 0,
+            monitor_port: 0,
+            users: Some(users),
+        };
+        s.spawn("-1").await;
+        s
+    }
+
+    /// The password of `user` of `nats/auth.conf` (panics without authorization).
+    pub fn password(&self, user: &str) -> &str {
+        self.users
+            .iter()
+            .flatten()
+            .find(|(u, _)| *u == user)
+            .map(|(_, pw)| pw.as_str())
+            .unwrap_or_else(|| panic!("no user {user}: start the server with start_with_auth"))
+    }
+
+    /// The variables that make a service connect as `user`.
+    pub fn credentials(&self, user: &'static str) -> [(&'static str, String); 2] {
+        [
+            ("ZIRAAI_NATS_USER", user.to_owned()),
+            ("ZIRAAI_NATS_PASSWORD", self.password(user).to_owned()),
+        ]
     }
 
     async fn spawn(&mut self, port: &str) {
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).expect("ports dir");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(users) = &self.users {
+            command.arg("-c").arg(auth_conf());
+            for ((user, var), (same, pw)) in AUTH_USERS.iter().zip(users) {
+                assert_eq!(user, same);
+                command.env(var, pw);
+            }
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", port, "-m", "-1", "-js", "-sd"])
             .arg(self.dir.path().join("store"))
             .arg("--ports_file_dir")
@@ -99,6 +159,17 @@ impl NatsServer {
         serde_json::from_str(&body).expect("monitoring JSON")
     }
 
+    /// A client connected as `user` of `nats/auth.conf`.
+    pub async fn client_as(&self, user: &str) -> async_nats::Client {
+        let opts = async_nats::ConnectOptions::with_user_and_password(
+            user.to_owned(),
+            self.password(user).to_owned(),
+        );
+        crate::within(&format!("NATS client as {user}"), opts.connect(self.url()))
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects to the test server: {e}"))
+    }
+
     /// A client connection for the test itself.
     pub async fn client(&self) -> async_nats::Client {
         crate::within("test NATS client", async_nats::connect(self.url()))
@@ -132,6 +203,14 @@ impl NatsServer {
         let port = self.port.to_string();
         self.spawn(&port).await;
     }
+}
+
+/// The shipped `nats/auth.conf`.
+pub(crate) fn auth_conf() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("nats")
+        .join("auth.conf")
 }
 
 fn read_ports(dir: &std::path::Path) -> Option<(u16, u16)> {

@@ -3,6 +3,13 @@
 //! Stream definitions live as JSON under `nats/streams/` in the form the JetStream
 //! API and `nats stream add --config FILE` take; they are compiled in from there, so
 //! what operators read and what the services apply are one file.
+//!
+//! Credentials in a URL are taken out before the client sees it ([`credentials`]), and
+//! a definition is only sent to the server when it differs from what the server has
+//! ([`ensure`]), so services run with credentials that may not manage streams.
+
+mod credentials;
+mod ensure;
 
 use std::time::Duration;
 
@@ -52,6 +59,9 @@ pub const DEV_NATS_URL: &str = "nats://127.0.0.1:4333";
 /// Oldest server version we run on (stream RePublish, direct get, KV as used).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 
+/// Added to a failed create/update: service credentials may not manage streams.
+const PROVISION_HINT: &str = "when this credential may not manage streams, apply the definitions first with `ziraai-worker provision` and the operator credential";
+
 /// Why start-up could not get a usable broker connection.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsSetupError {
@@ -75,9 +85,9 @@ pub enum NatsSetupError {
         name: &'static str,
         source: serde_json::Error,
     },
-    #[error("cannot create or update the worker's consumer on JOBS: {0}")]
+    #[error("cannot create or update the worker's consumer on JOBS: {0} ({PROVISION_HINT})")]
     Consumer(String),
-    #[error("cannot create or update stream {name}: {source}")]
+    #[error("cannot create or update stream {name}: {source} ({PROVISION_HINT})")]
     Stream {
         name: String,
         source: jetstream::context::CreateStreamError,
@@ -113,6 +123,9 @@ pub async fn connect_observed(
     if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(user.clone(), pw.expose_secret().to_owned());
     }
+    // The client logs its server URLs at debug level: give it none with a secret.
+    let target = credentials::Target::new(cfg);
+    opts = credentials::apply(opts, cfg, target.url_auth);
     let opts = opts
         .name(name)
         .connection_timeout(cfg.connect_timeout)
@@ -140,19 +153,19 @@ pub async fn connect_observed(
             }
         });
     // Error messages name the URLs, never a password or token in them.
-    let urls = cfg
+    let urls = target
         .urls
         .iter()
         .map(|u| without_credentials(u))
         .collect::<Vec<_>>()
         .join(",");
-    let client =
-        opts.connect(cfg.urls.as_slice())
-            .await
-            .map_err(|source| NatsSetupError::Connect {
-                urls: urls.clone(),
-                source,
-            })?;
+    let client = opts
+        .connect(target.urls.as_slice())
+        .await
+        .map_err(|source| NatsSetupError::Connect {
+            urls: urls.clone(),
+            source,
+        })?;
     check_version(&client, &urls)?;
     Ok((client, reconnects))
 }
@@ -161,8 +174,8 @@ fn check_version(client: &Client, url: &str) -> Result<(), NatsSetupError> {
     version_supported(client.server_info().version, url.to_owned())
 }
 
-/// `nats://user:pw@host:4222` → `nats://***@host:4222`.
-fn without_credentials(url: &str) -> String {
+/// `nats://user:pw@host:4222` → `nats://***@host:4222`: a URL fit to print.
+pub fn without_credentials(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
@@ -194,12 +207,18 @@ fn definition(name: &'static str, json: &str) -> Result<stream::Config, NatsSetu
     serde_json::from_str(json).map_err(|source| NatsSetupError::BadDefinition { name, source })
 }
 
-/// Creates the stream, or updates it when the definition changed. Idempotent.
+/// Creates the stream, or updates it when the definition changed. Idempotent, and
+/// only a `STREAM.INFO` request when the server already has this definition.
 pub async fn apply_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<(), NatsSetupError> {
     let name = config.name.clone();
+    if let Ok(current) = js.get_stream(&name).await
+        && ensure::matches(&config, &current.cached_info().config)
+    {
+        return Ok(());
+    }
     js.create_or_update_stream(config)
         .await
         .map(|_| ())
@@ -226,10 +245,33 @@ pub async fn apply_job_streams(
         .get_stream(JOBS_STREAM)
         .await
         .map_err(|e| NatsSetupError::Consumer(e.to_string()))?;
+    if let Some(name) = config.durable_name.as_deref() {
+        let current = stream.get_consumer::<jetstream::consumer::pull::Config>(name);
+        if let Ok(current) = current.await
+            && ensure::matches(&config, &current.cached_info().config)
+        {
+            return Ok(current);
+        }
+    }
     stream
         .create_consumer(config)
         .await
         .map_err(|e| NatsSetupError::Consumer(e.to_string()))
+}
+
+/// Applies what a producer (`ziraai-worker run`, `publish`) writes to: `NOTIFY`.
+pub async fn apply_producer_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
+    apply_stream(js, notify_stream_config()?).await
+}
+
+/// Applies every definition under `nats/` (the operator's provisioning step): the
+/// gateway's streams and buckets, `JOBS` with the worker's consumer, `ADVISORIES`.
+pub async fn provision(
+    js: &jetstream::Context,
+    ack_wait: Option<Duration>,
+) -> Result<(), NatsSetupError> {
+    apply_notify_streams(js).await?;
+    apply_job_streams(js, ack_wait).await.map(|_| ())
 }
 
 /// Applies every stream the notification path needs: `NOTIFY`, the streams of the

@@ -21,14 +21,32 @@ pub(crate) struct Demo {
     secret: SecretString,
     user: String,
     nats_url: String,
+    /// Variables the page's submit command needs to connect as `platform`.
+    submit_auth: &'static str,
 }
+
+/// With a broker that checks credentials (`make run`'s, `nats/auth.conf`), job
+/// submitters connect as `platform`, with the password file `make run` writes.
+const MAKE_RUN_PLATFORM_AUTH: &str =
+    " ZIRAAI_NATS_USER=platform ZIRAAI_NATS_PASSWORD_FILE=.run/nats/platform.password";
 
 impl Demo {
     pub(crate) fn new(config: &GatewayServiceConfig) -> Self {
         Self {
             secret: config.auth.jwt_secret.clone(),
             user: config.gateway.demo_user.clone(),
-            nats_url: config.nats.urls.first().cloned().unwrap_or_default(),
+            // Shown on the page: never with the credentials a URL may carry.
+            nats_url: config
+                .nats
+                .urls
+                .first()
+                .map(|u| ziraai_common::nats::without_credentials(u))
+                .unwrap_or_default(),
+            submit_auth: if config.nats.user.is_some() {
+                MAKE_RUN_PLATFORM_AUTH
+            } else {
+                ""
+            },
         }
     }
 }
@@ -53,7 +71,8 @@ pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Response {
         .replace("{{NONCE}}", &nonce)
         .replace("{{TOKEN}}", &js_string(&token))
         .replace("{{USER}}", &js_string(&demo.user))
-        .replace("{{NATS_URL}}", &js_string(&demo.nats_url));
+        .replace("{{NATS_URL}}", &js_string(&demo.nats_url))
+        .replace("{{SUBMIT_AUTH}}", &js_string(demo.submit_auth));
     (
         [
             (

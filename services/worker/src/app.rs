@@ -59,7 +59,7 @@ impl WorkerApp {
     pub async fn build(config: WorkerServiceConfig) -> anyhow::Result<Self> {
         let client = nats::connect(&config.nats, "ziraai-worker").await?;
         let js = jetstream::new(client.clone());
-        nats::apply_notify_streams(&js).await?;
+        nats::apply_producer_streams(&js).await?;
         let consumer = nats::apply_job_streams(&js, config.worker.ack_wait).await?;
         let ack_wait = consumer.cached_info().config.ack_wait;
         let listener = TcpListener::bind(config.worker.listen)

@@ -20,7 +20,14 @@ pub async fn submit_job(
     let ack = js
         .send_publish(ziraai_common::nats::JOBS_SUBJECT, msg)
         .await?
-        .await?;
+        .await
+        .map_err(|e| match e.kind() {
+            // Submitters may not create streams (least privilege): say who does.
+            async_nats::jetstream::context::PublishErrorKind::StreamNotFound => anyhow::anyhow!(
+                "no JOBS stream on this server: start `ziraai-worker run` or run `ziraai-worker provision` first"
+            ),
+            _ => anyhow::Error::new(e),
+        })?;
     Ok(ack.sequence)
 }
 

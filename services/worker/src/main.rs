@@ -64,6 +64,9 @@ enum Command {
     },
     /// Serve a stand-in analyzer with sample results (development only).
     DevAnalyzer,
+    /// Create or update every stream and consumer defined under `nats/` (run with the
+    /// operator credential: services may only read their definitions).
+    Provision,
 }
 
 #[tokio::main]
@@ -76,7 +79,9 @@ async fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Run | Command::Demo | Command::DevAnalyzer => telemetry::init(config.log_format),
         // One-shot tools: stdout is the result, logs only when something is wrong.
-        Command::Publish { .. } | Command::Submit { .. } => telemetry::init_cli(config.log_format),
+        Command::Publish { .. } | Command::Submit { .. } | Command::Provision => {
+            telemetry::init_cli(config.log_format)
+        }
     }
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -157,7 +162,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     };
     let client = nats::connect(&config.nats, "ziraai-worker").await?;
     let js = jetstream::new(client.clone());
-    nats::apply_notify_streams(&js).await?;
+    if let Command::Provision = &command {
+        nats::provision(&js, config.worker.ack_wait).await?;
+        println!("streams and consumers applied");
+        client.flush().await.context("flushing NATS")?;
+        return Ok(());
+    }
+    // Job submitters (the platform credential) may publish jobs and nothing else: they
+    // neither read nor apply definitions; the worker or `provision` applies JOBS.
+    if !matches!(command, Command::Submit { .. } | Command::Demo) {
+        nats::apply_producer_streams(&js).await?;
+    }
     if let Command::Submit {
         user,
         analysis,
@@ -166,7 +181,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     } = &command
     {
         let user = UserId::parse(user).map_err(|e| anyhow::anyhow!("--user {user:?} {e}"))?;
-        nats::apply_job_streams(&js, config.worker.ack_wait).await?;
         let job = serde_json::json!({
             "jobId": job.clone().unwrap_or_else(|| nuid::next().to_string()),
             "analysisId": AnalysisId::from_arg(analysis),
@@ -210,7 +224,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 shutdown::signal().await;
                 signal.cancel();
             });
-            nats::apply_job_streams(&js, config.worker.ack_wait).await?;
             drop(publisher);
             ziraai_worker::demo::run(js, user, config.worker.demo_interval, stop).await;
         }

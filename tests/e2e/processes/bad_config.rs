@@ -27,7 +27,7 @@ struct Case {
     what: &'static str,
     /// Variables set (`Some`) or removed (`None`) on top of the baseline.
     changes: &'static [(&'static str, Option<&'static str>)],
-    /// Use the shipped file without its `creds_file` line (the broker case).
+    /// Use the shipped file, which names no credential (the broker case).
     without_file_creds: bool,
     who: Who,
     /// One problem line per name, naming it.
@@ -177,22 +177,19 @@ fn baseline(tmp: &Path) -> HashMap<String, String> {
     .collect()
 }
 
-/// The shipped production file without its `creds_file` line, in `tmp/nocreds/`.
-fn shipped_without_creds(tmp: &Path) -> String {
+/// The shipped production file, which names no broker credential (each Deployment
+/// sets its own user of `nats/auth.conf`): the broker case uses it as it is.
+fn shipped_without_creds(_tmp: &Path) -> String {
     let shipped = std::fs::read_to_string(shipped_config_dir().join("production.toml"))
         .expect("shipped production.toml");
     assert!(
-        shipped.contains("creds_file"),
-        "the shipped file names a creds file"
+        !shipped
+            .lines()
+            .map(str::trim_start)
+            .any(|l| l.starts_with("creds_file") || l.starts_with("user")),
+        "the shipped file names no credential"
     );
-    let kept: Vec<&str> = shipped
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("creds_file"))
-        .collect();
-    let dir = tmp.join("nocreds");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("production.toml"), kept.join("\n")).expect("write");
-    dir.display().to_string()
+    shipped_config_dir().display().to_string()
 }
 
 /// Runs `bin args` with `vars` to its exit: status, stdout, stderr.

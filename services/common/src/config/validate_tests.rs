@@ -261,7 +261,13 @@ fn the_gateway_reads_its_own_demo_user_and_no_worker_file_section() {
 fn with_the_shipped_files_a_worker_starts_without_the_secret_a_gateway_does_not() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/config");
     for env in ["staging", "production"] {
-        let v = vars(&[("ZIRAAI_ENV", env), ("ZIRAAI_CONFIG_DIR", shipped)]);
+        // The files name no broker credential: each Deployment sets its own user.
+        let v = vars(&[
+            ("ZIRAAI_ENV", env),
+            ("ZIRAAI_CONFIG_DIR", shipped),
+            ("ZIRAAI_NATS_USER", "worker"),
+            ("ZIRAAI_NATS_PASSWORD", "from-a-secret"),
+        ]);
         let w = WorkerServiceConfig::load(&v).unwrap_or_else(|e| panic!("{env} worker: {e}"));
         assert!(w.warnings.is_empty(), "{:?}", w.warnings);
         let e = lines(GatewayServiceConfig::load(&v));
