@@ -4,14 +4,14 @@
 //! root, as a reader would paste it into a second terminal, then Ctrl-C the script:
 //! it exits 0, says what it stopped, and leaves no child behind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
-use ziraai_e2e::{PINNED_VERSION, within, within_for};
+use ziraai_e2e::{nats_server_binary, within, within_for};
 
 use ziraai_e2e::{bin_path, send_signal, workspace_dir as workspace_root};
 
@@ -19,18 +19,6 @@ use ziraai_e2e::{bin_path, send_signal, workspace_dir as workspace_root};
 const START: Duration = Duration::from_secs(60);
 /// A pasted command that talks to the stack (the worker's publish retries for a while).
 const COMMAND: Duration = Duration::from_secs(30);
-
-fn nats_server_binary() -> PathBuf {
-    std::env::var_os("ZIRAAI_TEST_NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            workspace_root()
-                .join(".tools")
-                .join(format!("nats-server-{PINNED_VERSION}"))
-                .join("bin")
-                .join("nats-server")
-        })
-}
 
 /// `n` distinct free loopback ports (all bound at once, then released).
 fn free_ports(n: usize) -> Vec<u16> {

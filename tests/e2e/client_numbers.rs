@@ -8,11 +8,6 @@ use ziraai_proto::ServerFrame;
 
 const MAX: u64 = u64::MAX;
 
-async fn get_json(gw: &TestGateway, path: &str, bearer: &str) -> (u16, Value) {
-    let (status, body) = http_request(gw.addr, "GET", path, Some(bearer), None).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn a_socket_resuming_after_u64_max_starts_at_the_end_without_a_gap() {
     let nats = NatsServer::start().await;
@@ -56,14 +51,18 @@ async fn polling_after_u64_max_returns_nothing_and_the_end_as_next() {
     let seqs = publish_many(&publisher, &u, 3).await;
     let t = token(&u);
     for query in [format!("since={MAX}"), format!("since={MAX}&limit={MAX}")] {
-        let (status, page) = get_json(&gw, &format!("/api/v1/notifications?{query}"), &t).await;
+        let (status, page) = gw
+            .get_json(&format!("/api/v1/notifications?{query}"), &t)
+            .await;
         assert_eq!(status, 200, "{query}: {page}");
         assert_eq!(page["events"], json!([]), "{query}: not the whole backlog");
         assert_eq!(page["next"], seqs[2], "{query}: next is the stream's end");
     }
     // Polling on from that `next` sees the following event.
     let fresh = publish_many(&publisher, &u, 1).await;
-    let (_, page) = get_json(&gw, &format!("/api/v1/notifications?since={}", seqs[2]), &t).await;
+    let (_, page) = gw
+        .get_json(&format!("/api/v1/notifications?since={}", seqs[2]), &t)
+        .await;
     assert_eq!(page["events"][0]["seq"], fresh[0]);
     assert_eq!(page["next"], fresh[0]);
 }
@@ -111,7 +110,7 @@ async fn the_admin_endpoint_at_u64_max_answers_empty_pages() {
     let path = format!("/api/v1/admin/deliveries?userId={u}");
     within("delivery records written", async {
         loop {
-            let (_, v) = get_json(&gw, &path, &admin).await;
+            let (_, v) = gw.get_json(&path, &admin).await;
             if v["records"].as_array().is_some_and(|r| r.len() >= 2) {
                 break;
             }
@@ -124,7 +123,7 @@ async fn the_admin_endpoint_at_u64_max_answers_empty_pages() {
         format!("seq={MAX}"),
         format!("after={MAX}&limit={MAX}"),
     ] {
-        let (status, v) = get_json(&gw, &format!("{path}&{query}"), &admin).await;
+        let (status, v) = gw.get_json(&format!("{path}&{query}"), &admin).await;
         assert_eq!(status, 200, "{query}: {v}");
         assert_eq!(v["records"], json!([]), "{query}: nothing lies beyond");
     }

@@ -4,11 +4,6 @@
 use serde_json::{Value, json};
 use ziraai_e2e::*;
 
-async fn get_json(gw: &TestGateway, path: &str, bearer: &str) -> (u16, Value) {
-    let (status, body) = http_request(gw.addr, "GET", path, Some(bearer), None).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn polling_returns_what_the_socket_delivers_and_acks_share_one_cursor() {
     let nats = NatsServer::start().await;
@@ -25,7 +20,7 @@ async fn polling_returns_what_the_socket_delivers_and_acks_share_one_cursor() {
         );
     }
     let t = token(&u);
-    let (status, page) = get_json(&gw, "/api/v1/notifications?since=0", &t).await;
+    let (status, page) = gw.get_json("/api/v1/notifications?since=0", &t).await;
     assert_eq!(status, 200);
     assert_eq!(
         page["events"].as_array().expect("list"),
@@ -34,18 +29,20 @@ async fn polling_returns_what_the_socket_delivers_and_acks_share_one_cursor() {
     );
     assert_eq!(page["next"], seqs[4]);
 
-    let (_, page) = get_json(&gw, "/api/v1/notifications?since=0&limit=2", &t).await;
+    let (_, page) = gw
+        .get_json("/api/v1/notifications?since=0&limit=2", &t)
+        .await;
     assert_eq!(page["events"].as_array().expect("list").len(), 2);
     assert_eq!(
         page["next"], seqs[1],
         "next is the since of the following page"
     );
-    let (_, rest) = get_json(
-        &gw,
-        &format!("/api/v1/notifications?since={}&limit=1000", seqs[1]),
-        &t,
-    )
-    .await;
+    let (_, rest) = gw
+        .get_json(
+            &format!("/api/v1/notifications?since={}&limit=1000", seqs[1]),
+            &t,
+        )
+        .await;
     assert_eq!(rest["events"].as_array().expect("list").len(), 3);
 
     // HTTP ack, then socket ack, on one cursor; it never moves back.
@@ -93,10 +90,10 @@ async fn bad_polling_requests_are_refused() {
         ("/api/v1/notifications?limit=0", 400, "bad_limit"),
         ("/api/v1/notifications?since=x", 400, "bad_since"),
     ] {
-        let (s, v) = get_json(&gw, path, &t).await;
+        let (s, v) = gw.get_json(path, &t).await;
         assert_eq!((s, v["error"].as_str()), (status, Some(code)), "{path}");
     }
-    let (s, v) = get_json(&gw, "/api/v1/notifications", "forged").await;
+    let (s, v) = gw.get_json("/api/v1/notifications", "forged").await;
     assert_eq!((s, v["error"].as_str()), (401, Some("token_malformed")));
     for body in [
         json!({"deviceId": "a.b", "seq": 1}),
@@ -143,7 +140,7 @@ async fn with_realtime_off_sockets_get_503_and_polling_works() {
         "{raw}"
     );
     let (_, p) = publish_completed(&publisher, &u, json!("polled")).await;
-    let (status, page) = get_json(&gw, "/api/v1/notifications", &token(&u)).await;
+    let (status, page) = gw.get_json("/api/v1/notifications", &token(&u)).await;
     assert_eq!(status, 200);
     assert_eq!(page["events"][0]["seq"], p.seq);
 }
@@ -172,7 +169,7 @@ async fn deliveries_and_acks_are_tracked_and_readable_by_admins_only() {
     within("tracking records", async {
         // delivered ×3 + acked ×2, written off the hot path.
         while records.len() < 5 {
-            let (_, v) = get_json(&gw, &path, &admin).await;
+            let (_, v) = gw.get_json(&path, &admin).await;
             records = v["records"].as_array().cloned().unwrap_or_default();
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -200,19 +197,23 @@ async fn deliveries_and_acks_are_tracked_and_readable_by_admins_only() {
     );
 
     // One event's records only.
-    let (_, one) = get_json(&gw, &format!("{path}&seq={}", seqs[0]), &admin).await;
+    let (_, one) = gw
+        .get_json(&format!("{path}&seq={}", seqs[0]), &admin)
+        .await;
     assert_eq!(one["records"].as_array().expect("list").len(), 2);
     // A reconnect re-delivers unacked seqs[2]: still one "delivered" record for it.
     c.close().await;
     let (mut c, _) = WsClient::resume(&gw.ws_url(), &u, "deviceId=phone").await;
     assert_eq!(c.event().await.seq, seqs[2]);
-    let (_, again) = get_json(&gw, &format!("{path}&seq={}", seqs[2]), &admin).await;
+    let (_, again) = gw
+        .get_json(&format!("{path}&seq={}", seqs[2]), &admin)
+        .await;
     assert_eq!(
         again["records"].as_array().expect("list").len(),
         1,
         "the first delivery is kept"
     );
 
-    let (status, v) = get_json(&gw, &path, &token(&u)).await;
+    let (status, v) = gw.get_json(&path, &token(&u)).await;
     assert_eq!((status, v["error"].as_str()), (403, Some("forbidden")));
 }

@@ -5,14 +5,14 @@
 //! Tests read what a person would see (the DOM) and wait for it with deadlines.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use crate::node::NodeDriver;
 use crate::within_for;
 
 /// Where Debian installs chromium; `ZIRAAI_TEST_CHROMIUM` overrides.
@@ -122,21 +122,11 @@ impl DemoPage {
             "chromium": chromium(),
             "profile": profile.path(),
         });
-        let mut child = Command::new("node")
-            .arg(script())
-            .env("ZIRAAI_DEMO_PAGE", cfg.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
+        let node = NodeDriver::spawn(&script(), "ZIRAAI_DEMO_PAGE", &cfg);
         let mut page = Self {
-            child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
+            child: node.child,
+            stdin: node.stdin,
+            lines: node.lines,
             problems: Vec::new(),
             _profile: profile,
         };

@@ -7,6 +7,7 @@ mod client;
 mod isolated;
 mod keys;
 mod nats_server;
+mod node;
 mod process;
 mod proxy;
 mod signalr;
@@ -28,7 +29,7 @@ use ziraai_worker::{Published, Publisher};
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use keys::{TestKey, short_token, token_with, unix_now};
-pub use nats_server::{NatsServer, PINNED_VERSION};
+pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use process::{ServiceProcess, bin_path, send_signal, shipped_config_dir, workspace_dir};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
@@ -152,6 +153,16 @@ impl TestGateway {
     /// `GET path` on this gateway: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path).await
+    }
+
+    /// `GET path` with `Authorization: Bearer <bearer>`: status and the body as JSON
+    /// (null when it is not JSON).
+    pub async fn get_json(&self, path: &str, bearer: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_request(self.addr, "GET", path, Some(bearer), None).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// `/health` as JSON.

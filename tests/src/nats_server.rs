@@ -35,7 +35,9 @@ pub(crate) const AUTH_USERS: [(&str, &str); 4] = [
     ("operator", "ZIRAAI_NATS_OPERATOR_PASSWORD"),
 ];
 
-fn binary() -> PathBuf {
+/// The pinned `nats-server` binary the tests start (`ZIRAAI_TEST_NATS_SERVER`, else the
+/// one `make nats-server` provisions under `.tools/`).
+pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("ZIRAAI_TEST_NATS_SERVER") {
         return PathBuf::from(p);
     }

@@ -3,12 +3,12 @@
 //! It prints one JSON line per observation and takes commands on stdin.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use crate::node::NodeDriver;
 use crate::within;
 
 /// How to connect.
@@ -51,21 +51,11 @@ impl JsClient {
             "reconnect": opts.reconnect,
             "stateful": opts.stateful,
         });
-        let mut child = Command::new("node")
-            .arg(script())
-            .env("ZIRAAI_SIGNALR_CLIENT", cfg.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
+        let node = NodeDriver::spawn(&script(), "ZIRAAI_SIGNALR_CLIENT", &cfg);
         Self {
-            _child: child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
+            _child: node.child,
+            stdin: node.stdin,
+            lines: node.lines,
         }
     }
 
