@@ -6,6 +6,7 @@ mod client_numbers;
 mod delivery;
 mod demo_page;
 mod durable;
+mod forged;
 mod lifecycle;
 mod polling;
 mod processes;

@@ -179,6 +179,12 @@ async fn metrics(
             "Delivery-tracking records dropped (queue full).",
             get(&st.tracking_dropped),
         )
+        .metric(
+            "ziraai_gateway_forged_live_messages_total",
+            "counter",
+            "Live messages matching no stored event of their user (forged or unverifiable), dropped.",
+            get(&st.forged),
+        )
         .finish();
     health::metrics_text(text)
 }

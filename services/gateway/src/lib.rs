@@ -15,6 +15,7 @@ mod error;
 pub mod event;
 mod http;
 pub mod hub;
+mod live;
 mod request_auth;
 pub mod session;
 pub mod signalr;
@@ -119,6 +120,7 @@ impl App {
             metrics_allow: config.metrics_allow.clone(),
             hub: Hub::new(
                 client.clone(),
+                (store.clone(), resync.clone()),
                 &gateway_id,
                 tracker.clone(),
                 stats.clone(),

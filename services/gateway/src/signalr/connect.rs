@@ -117,7 +117,11 @@ async fn choose_start(
         )),
         // A Completion is unacknowledged: numbering cannot be rebuilt; full reconnect.
         Some(record) if record.dirty || record.protocol().is_none() => Err(unknown_connection()),
-        Some(record) => Ok(record.seq),
+        // Never past the stream's end, so no cursor derived from it can be either.
+        Some(record) => {
+            let bounds = app.store.bounds().await.map_err(|e| unavailable(&e))?;
+            Ok(record.seq.min(bounds.last_seq))
+        }
         None => Ok(resume_point(app, user, since, device).await?.start_after),
     }
 }
