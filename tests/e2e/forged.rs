@@ -314,3 +314,69 @@ async fn an_existing_notify_stream_on_the_old_subjects_is_updated_in_place() {
     let live = publish_many(&publisher, &u, 1).await;
     assert_eq!(c.seqs(1).await, live, "and live through the new RePublish");
 }
+
+#[tokio::test]
+async fn a_signalr_resume_record_beyond_the_stream_is_clamped() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start(&nats).await;
+    let publisher = nats.publisher().await;
+    let js = jetstream::new(nats.client().await);
+    let u = user("forged-sr");
+    let jwt = token(&u);
+    let path = "/hubs/plantanalysis/negotiate?negotiateVersion=1&useStatefulReconnect=true";
+    let (status, text) = http_request(gw.addr, "POST", path, Some(&jwt), None).await;
+    assert_eq!(status, 200, "{text}");
+    let negotiated: Value = serde_json::from_str(&text).expect("JSON");
+    let (cid, conn_token) = (
+        negotiated["connectionId"].as_str().expect("id"),
+        negotiated["connectionToken"].as_str().expect("token"),
+    );
+    // A resume record whose sequence lies beyond the stream (e.g. a reset stream).
+    let kv = within("bucket", js.get_key_value("SIGNALR"))
+        .await
+        .expect("bucket");
+    let record = json!({"user": u.as_str(), "protocol": "json", "acked": 0, "seq": FAR_AHEAD, "dirty": false});
+    within("put record", kv.put(cid, record.to_string().into()))
+        .await
+        .expect("stored");
+
+    let url = format!(
+        "ws://{}/hubs/plantanalysis?id={conn_token}&access_token={jwt}&deviceId=d7",
+        gw.addr
+    );
+    let (mut ws, _) = within("hub socket", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("upgrade");
+    let hub = |v: Value| Message::Text(format!("{v}\u{1e}").into());
+    within("send", ws.send(hub(json!({"type": 9, "sequenceId": 1}))))
+        .await
+        .expect("sent");
+    let mut next_message = async || loop {
+        match within("hub message", ws.next()).await {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str::<Value>(t.trim_end_matches('\u{1e}')).expect("JSON");
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    };
+    assert_eq!(next_message().await, json!({"type": 9, "sequenceId": 1}));
+    let live = publish_many(&publisher, &u, 1).await;
+    let invocation = loop {
+        let m = next_message().await;
+        if m["type"] == 1 {
+            break m;
+        }
+    };
+    assert_eq!(
+        invocation["arguments"][0]["result"],
+        json!(0),
+        "the real event is delivered"
+    );
+    within("ack", ws.send(hub(json!({"type": 8, "sequenceId": 1}))))
+        .await
+        .expect("sent");
+    wait_for_cursor(&nats, &u, "d7", live[0]).await;
+}

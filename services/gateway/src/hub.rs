@@ -253,26 +253,48 @@ async fn run_channel(hub: Arc<Hub>, channel: Arc<UserChannel>) {
     let mut resync_open = true;
     loop {
         let retry_at = reader.retry_at();
-        tokio::select! {
+        let work = tokio::select! {
             biased;
             _ = channel.stop.cancelled() => break,
             changed = resync.changed(), if resync_open => match changed {
-                Ok(()) => Box::pin(reader.resync(&mut deliver)).await,
-                Err(_) => resync_open = false,
+                Ok(()) => Work::Resync,
+                Err(_) => {
+                    resync_open = false;
+                    continue;
+                }
             },
             msg = sub.next() => match msg {
-                Some(msg) => Box::pin(reader.doorbell(&msg, &mut deliver)).await,
+                Some(msg) => Work::Doorbell(msg),
                 None => break,
             },
-            () = sleep_until(retry_at), if retry_at.is_some() => {
-                Box::pin(reader.retry(&mut deliver)).await;
+            () = sleep_until(retry_at), if retry_at.is_some() => Work::Retry,
+        };
+        // Raced with the stop: a read waiting on an unreachable broker must not hold
+        // back the drain (the channel ends with its last socket).
+        let read = async {
+            match work {
+                Work::Resync => reader.resync(&mut deliver).await,
+                Work::Doorbell(msg) => reader.doorbell(&msg, &mut deliver).await,
+                Work::Retry => reader.retry(&mut deliver).await,
             }
+        };
+        tokio::select! {
+            biased;
+            _ = channel.stop.cancelled() => break,
+            () = Box::pin(read) => {}
         }
     }
     if let Err(e) = Box::pin(sub.unsubscribe()).await {
         tracing::debug!(%subject, error = %e, "unsubscribe failed (connection gone)");
     }
     tracing::debug!(%subject, "unsubscribed");
+}
+
+/// What woke a user channel's task.
+enum Work {
+    Resync,
+    Doorbell(async_nats::Message),
+    Retry,
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -171,7 +171,9 @@ impl Accepted {
     /// socket ended or was refused.
     async fn open(&mut self, socket: &mut WebSocket) -> Option<(HubProtocol, Option<Stateful>)> {
         let resumes = &self.admitted.app().resumes;
-        if let Some(record) = self.resuming.take() {
+        if let Some(mut record) = self.resuming.take() {
+            // The start was clamped to the stream's end; the acks it maps must be too.
+            record.seq = self.start_after;
             let protocol = record.protocol()?;
             if !resume_sequence(socket, protocol, record.acked, self.max_message).await {
                 return None;
