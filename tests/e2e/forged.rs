@@ -133,6 +133,13 @@ async fn forged_sequences_lose_fake_or_repeat_nothing() {
     forge_live(&client, &u, FAR_AHEAD, "forged-ahead").await;
     forge_live(&client, &u, next, "forged-next").await;
     forge_live(&client, &u, 1, "forged-behind").await;
+    within("bare core publish", async {
+        client
+            .publish(u.live_subject(), body("forged-bare"))
+            .await
+            .expect("published");
+    })
+    .await;
     real.extend(publish_many(&publisher, &u, 2).await);
     real.push(publish_with_forged_headers(&js, &u, "h2").await);
     real.extend(publish_many(&publisher, &u, 2).await);
@@ -202,18 +209,20 @@ async fn forged_sequences_lose_fake_or_repeat_nothing() {
         cursor, sentinel,
         "the cursor is the last event acknowledged"
     );
-    within("forged live messages counted", async {
+    // Ahead, next with fake content, behind, and one without headers: four, each once.
+    let counted = within("forged live messages counted", async {
         loop {
             let n = gw.health().await["delivery"]["forgedLiveMessagesDropped"]
                 .as_u64()
                 .unwrap_or(0);
-            if n >= 3 {
-                return;
+            if n >= 4 {
+                return n;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
+    assert_eq!(counted, 4);
     let (_, metrics) = gw.get("/metrics").await;
     assert!(
         metrics.contains("ziraai_gateway_forged_live_messages_total"),

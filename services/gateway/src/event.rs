@@ -47,7 +47,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Events fetched from the stream to fill a gap or replay a backlog.
     pub replayed: AtomicU64,
-    /// Gaps detected through `Nats-Last-Sequence`.
+    /// Gaps detected: a live event revealing events that were not sent yet (the
+    /// user's channel, or a socket, then reads them from the stream first).
     pub gaps: AtomicU64,
     /// Tracking records dropped because the tracking queue was full.
     pub tracking_dropped: AtomicU64,

@@ -158,7 +158,7 @@ async fn metrics(
         .metric(
             "ziraai_gateway_gaps_detected_total",
             "counter",
-            "Gaps detected through Nats-Last-Sequence.",
+            "Gaps detected: a live event revealing missed ones, fetched from the stream first.",
             get(&st.gaps),
         )
         .metric(
