@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use ziraai_proto::UserId;
 
 use crate::event::{Event, Stats};
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, StoreError, Stored};
 
 /// (sequence, body hash) of the latest events read, to recognise a late doorbell.
 const RECENT: usize = 64;
@@ -44,9 +44,30 @@ struct Pending {
     attempts: u32,
 }
 
-/// Reads a user's new events from the stream when rung.
-pub(crate) struct LiveReader {
+/// Where a reader reads one user's stored events (the stream; memory in unit tests).
+pub(crate) trait Source: Send + Sync {
+    /// The user's first stored event above `after`, with its body.
+    fn next_stored(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+}
+
+/// One user's events in `NOTIFY`.
+pub(crate) struct UserEvents {
     store: EventStore,
+    user: UserId,
+}
+
+impl Source for UserEvents {
+    async fn next_stored(&self, after: u64) -> Result<Option<Stored>, StoreError> {
+        self.store.next_stored(&self.user, after).await
+    }
+}
+
+/// Reads a user's new events from the stream when rung.
+pub(crate) struct LiveReader<S = UserEvents> {
+    source: S,
     user: UserId,
     stats: Arc<Stats>,
     /// Highest sequence read: every event of the user up to it was handed out.
@@ -69,8 +90,19 @@ impl LiveReader {
         stats: Arc<Stats>,
     ) -> Result<Self, StoreError> {
         let last = store.latest(&user).await?;
-        Ok(Self {
+        let source = UserEvents {
             store,
+            user: user.clone(),
+        };
+        Ok(LiveReader::with_source(source, user, stats, last))
+    }
+}
+
+impl<S: Source> LiveReader<S> {
+    /// A reader of `source` that has handed out everything up to `last`.
+    pub(crate) fn with_source(source: S, user: UserId, stats: Arc<Stats>, last: u64) -> Self {
+        Self {
+            source,
             user,
             stats,
             last,
@@ -80,7 +112,7 @@ impl LiveReader {
             behind: false,
             retry_at: None,
             delay: FIRST_RETRY,
-        })
+        }
     }
 
     /// When [`Self::retry`] is due, if anything waits.
@@ -175,7 +207,7 @@ impl LiveReader {
     /// `target` (or the end). A failed read leaves the rest for a retry.
     async fn read_through(&mut self, target: u64, deliver: &mut impl FnMut(Event)) {
         while self.last < target {
-            match self.store.next_stored(&self.user, self.last).await {
+            match self.source.next_stored(self.last).await {
                 Ok(Some(stored)) => {
                     let mut event = stored.event;
                     event.last_seq = self.last;
@@ -232,3 +264,7 @@ impl LiveReader {
         tracing::warn!(user = %self.user, claimed_seq = ?claim, last_read = self.last, why, "live message dropped: forged or unverifiable");
     }
 }
+
+#[cfg(test)]
+#[path = "live_tests.rs"]
+mod tests;
