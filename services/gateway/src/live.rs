@@ -106,7 +106,7 @@ impl<S: Source> LiveReader<S> {
             user,
             stats,
             last,
-            recent: VecDeque::with_capacity(RECENT),
+            recent: VecDeque::new(),
             hasher: std::hash::RandomState::new(),
             pending: Vec::new(),
             behind: false,
