@@ -134,13 +134,19 @@ async fn a_live_event_revealing_a_missed_one_triggers_a_fetch() {
         }
         cfg
     };
-    within("redirect", js.update_stream(republish_to("elsewhere.>")))
-        .await
-        .expect("updated");
+    within(
+        "redirect",
+        js.update_stream(republish_to("elsewhere.{{wildcard(1)}}")),
+    )
+    .await
+    .expect("updated");
     let missed = publish_many(&publisher, &u, 2).await;
-    within("restore", js.update_stream(republish_to("live.>")))
-        .await
-        .expect("updated");
+    within(
+        "restore",
+        js.update_stream(republish_to("live.{{wildcard(1)}}")),
+    )
+    .await
+    .expect("updated");
     let (_, next) = publish_completed(&publisher, &u, json!(4)).await;
 
     let expected: Vec<u64> = missed.iter().copied().chain([next.seq]).collect();

@@ -9,6 +9,7 @@ mod conn_limit;
 mod delivery;
 mod demo_page;
 mod durable;
+mod forged;
 mod lifecycle;
 mod permissions;
 mod polling;

@@ -240,7 +240,7 @@ pub async fn job_events(nats: &NatsServer) -> HashMap<String, Vec<String>> {
     loop {
         match within(
             "read NOTIFY",
-            stream.direct_get_next_for_subject("notify.>", Some(next)),
+            stream.direct_get_next_for_subject("notify.*", Some(next)),
         )
         .await
         {

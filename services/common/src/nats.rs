@@ -323,7 +323,8 @@ mod tests {
     fn notify_definition_matches_the_subject_rules() {
         let c = notify_stream_config().expect("valid definition");
         assert_eq!(c.name, NOTIFY_STREAM);
-        assert_eq!(c.subjects, vec![format!("{NOTIFY_PREFIX}.>")]);
+        // One token per user: NATS itself refuses `notify.a.b`.
+        assert_eq!(c.subjects, vec![format!("{NOTIFY_PREFIX}.*")]);
         assert!(c.allow_direct, "direct get is how gateways fill gaps");
         assert_eq!(c.storage, stream::StorageType::File);
         assert_eq!(c.max_age, Duration::from_secs(7 * 24 * 3600));
@@ -331,8 +332,8 @@ mod tests {
         assert!(c.duplicate_window >= Duration::from_secs(120));
         assert_eq!(i64::from(c.max_message_size), NOTIFY_MAX_MESSAGE as i64);
         let rp = c.republish.expect("republish to the live subjects");
-        assert_eq!(rp.source, format!("{NOTIFY_PREFIX}.>"));
-        assert_eq!(rp.destination, format!("{LIVE_PREFIX}.>"));
+        assert_eq!(rp.source, format!("{NOTIFY_PREFIX}.*"));
+        assert_eq!(rp.destination, format!("{LIVE_PREFIX}.{{{{wildcard(1)}}}}"));
         assert!(!rp.headers_only);
     }
 

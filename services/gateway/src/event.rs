@@ -2,9 +2,9 @@
 //! encodings for sockets (native frames and hub invocations, each built here and only
 //! here), and the counters of that path.
 //!
-//! Messages on `live.<userId>` carry the stream sequence in `Nats-Sequence` and the
-//! previous sequence of the same user in `Nats-Last-Sequence` (both added by the
-//! stream's RePublish), the producer's `Nats-Msg-Id`, and the envelope in the body.
+//! Every event is read from the `NOTIFY` stream (`store`; the live path only takes a
+//! message on `live.<userId>` as a doorbell, see `live`), so its sequence is the
+//! server's; the producer's `Nats-Msg-Id` is its id and the body its envelope.
 //! A message that cannot become an event is still an [`Event`] (with no frame) so
 //! that sockets move their position past it: a producer's mistake is skipped, counted
 //! and logged with its sequence, and never stalls a user's stream.
@@ -47,7 +47,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Events fetched from the stream to fill a gap or replay a backlog.
     pub replayed: AtomicU64,
-    /// Gaps detected through `Nats-Last-Sequence`.
+    /// Gaps detected: a live event revealing events that were not sent yet (the
+    /// user's channel, or a socket, then reads them from the stream first).
     pub gaps: AtomicU64,
     /// Tracking records dropped because the tracking queue was full.
     pub tracking_dropped: AtomicU64,
@@ -55,6 +56,9 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Socket handshakes refused because the process held its maximum of sockets.
     pub gateway_full: AtomicU64,
+    /// Live messages that matched no stored event of their user (forged or
+    /// unverifiable): never delivered.
+    pub forged: AtomicU64,
 }
 
 impl Stats {
@@ -69,6 +73,7 @@ impl Stats {
             "trackingRecordsDropped": get(&self.tracking_dropped),
             "rateLimitedClosed": get(&self.rate_limited),
             "gatewayFullRefused": get(&self.gateway_full),
+            "forgedLiveMessagesDropped": get(&self.forged),
         })
     }
 }
@@ -79,7 +84,8 @@ impl Stats {
 pub struct Event {
     /// Stream sequence.
     pub seq: u64,
-    /// Previous sequence of the same user (`Nats-Last-Sequence`; 0 when unknown).
+    /// Previous sequence of the same user as the hub read it from the stream (0 when
+    /// unknown): above a socket's position it reveals a gap.
     pub last_seq: u64,
     /// `None` for a malformed message: sockets skip it but move past it.
     pub frame: Option<ServerFrame>,
@@ -117,25 +123,6 @@ impl Event {
             frame,
             encoded: Default::default(),
         }
-    }
-
-    /// Decodes a live (republished) message; `None` if it lacks `Nats-Sequence`.
-    pub fn from_live(msg: &async_nats::Message) -> Option<Self> {
-        let hdrs = msg.headers.as_ref();
-        let number = |name: &str| {
-            hdrs.and_then(|h| h.get(name))
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-        };
-        let Some(seq) = number("Nats-Sequence") else {
-            tracing::warn!(subject = %msg.subject, "live message without Nats-Sequence ignored (not from the NOTIFY stream's RePublish)");
-            return None;
-        };
-        Some(Self::decode(
-            seq,
-            number("Nats-Last-Sequence").unwrap_or(0),
-            hdrs,
-            &msg.payload,
-        ))
     }
 
     /// The event encoded for `encoding` (encoded on first use, then shared by every

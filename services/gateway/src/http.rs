@@ -199,7 +199,7 @@ async fn metrics(
         .metric(
             "ziraai_gateway_gaps_detected_total",
             "counter",
-            "Gaps detected through Nats-Last-Sequence.",
+            "Gaps detected: a live event revealing missed ones, fetched from the stream first.",
             get(&st.gaps),
         )
         .metric(
@@ -249,6 +249,12 @@ async fn metrics(
             "gauge",
             "Sockets this process accepts at most.",
             app.cfg.max_connections,
+        )
+        .metric(
+            "ziraai_gateway_forged_live_messages_total",
+            "counter",
+            "Live messages matching no stored event of their user (forged or unverifiable), dropped.",
+            get(&st.forged),
         )
         .finish();
     health::metrics_text(text)

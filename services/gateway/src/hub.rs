@@ -3,7 +3,10 @@
 //!
 //! The first socket of a user creates a [`UserChannel`] and its task, which
 //! subscribes to `live.<userId>`; later sockets of the same user join it; the last
-//! one to leave cancels the task, which drops (unsubscribes) the subscription. Each
+//! one to leave cancels the task, which drops (unsubscribes) the subscription. A live
+//! message is only a doorbell: the task reads the user's new events from the stream
+//! (`live::LiveReader`, once per user per gateway), so a forged live message or
+//! header never becomes an event. Each
 //! event is decoded once and encoded at most once per protocol, then handed to every
 //! socket's bounded queue with `try_send`: a full queue closes that socket as a slow
 //! consumer instead of growing memory or delaying the others.
@@ -25,7 +28,9 @@ use tokio_util::task::TaskTracker;
 use ziraai_proto::UserId;
 
 use crate::event::{Encoding, Event, Stats};
+use crate::live::LiveReader;
 use crate::session::SocketCtl;
+use crate::store::EventStore;
 
 /// Why a socket could not join its user's channel.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,10 @@ struct UserChannel {
 /// Registry of the users connected to this gateway.
 pub struct Hub {
     client: Client,
+    /// Where the live path reads its events (the stream is the source of truth).
+    store: EventStore,
+    /// Bumped when the NATS connection came back: every channel reads to the end.
+    resync: watch::Receiver<u64>,
     /// Subject nobody subscribes to: a request on it proves the server has processed
     /// everything this connection sent before (see [`barrier`]).
     barrier_subject: String,
@@ -92,6 +101,7 @@ impl Hub {
     /// shows them); a debug line otherwise.
     pub fn new(
         client: Client,
+        (store, resync): (EventStore, watch::Receiver<u64>),
         gateway_id: &str,
         tracker: TaskTracker,
         stats: Arc<Stats>,
@@ -99,6 +109,8 @@ impl Hub {
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
+            store,
+            resync,
             barrier_subject: format!("_ZIRAAI.barrier.{gateway_id}"),
             users: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(1),
@@ -133,13 +145,8 @@ impl Hub {
                     state: watch::Sender::new(SubState::Pending),
                     stop: CancellationToken::new(),
                 });
-                self.tracker.spawn(run_channel(
-                    self.client.clone(),
-                    self.barrier_subject.clone(),
-                    channel.clone(),
-                    self.stats.clone(),
-                    self.log_deliveries,
-                ));
+                self.tracker
+                    .spawn(run_channel(self.clone(), channel.clone()));
                 channel
             })
             .clone();
@@ -211,26 +218,29 @@ impl Drop for LeaveGuard {
     }
 }
 
-/// The task of one user channel: subscribe, mark ready, fan out until stopped.
-async fn run_channel(
-    client: Client,
-    barrier_subject: String,
-    channel: Arc<UserChannel>,
-    stats: Arc<Stats>,
-    log_deliveries: bool,
-) {
+/// The task of one user channel: subscribe, find where the stream ends, mark ready,
+/// then read and fan out on every doorbell until stopped.
+async fn run_channel(hub: Arc<Hub>, channel: Arc<UserChannel>) {
     let subject = channel.user.live_subject();
+    let mut resync = hub.resync.clone();
+    // Only reconnections from now on matter to this channel.
+    resync.borrow_and_update();
     let subscribed = tokio::select! {
         _ = channel.stop.cancelled() => return,
         r = async {
             // Boxed: set-up futures are large and run once; the task keeps only the loop.
-            let sub = Box::pin(client.subscribe(subject.clone())).await?;
-            Box::pin(barrier(&client, &barrier_subject)).await?;
-            Ok::<_, async_nats::Error>(sub)
+            let sub = Box::pin(hub.client.subscribe(subject.clone())).await?;
+            Box::pin(barrier(&hub.client, &hub.barrier_subject)).await?;
+            // After the subscription: an event stored later rings; one stored earlier
+            // is at or below this point, in every new socket's replay.
+            let reader =
+                Box::pin(LiveReader::start(hub.store.clone(), channel.user.clone(), hub.stats.clone()))
+                    .await?;
+            Ok::<_, async_nats::Error>((sub, reader))
         } => r,
     };
-    let mut sub = match subscribed {
-        Ok(sub) => sub,
+    let (mut sub, mut reader) = match subscribed {
+        Ok(ready) => ready,
         Err(e) => {
             tracing::warn!(%subject, error = %e, "subscribe failed");
             channel.state.send_replace(SubState::Failed);
@@ -239,20 +249,59 @@ async fn run_channel(
     };
     channel.state.send_replace(SubState::Ready);
     tracing::debug!(%subject, "subscribed");
+    let mut deliver = |event: Event| fan_out(&channel, event, &hub.stats, hub.log_deliveries);
+    let mut resync_open = true;
     loop {
+        let retry_at = reader.retry_at();
+        let work = tokio::select! {
+            biased;
+            _ = channel.stop.cancelled() => break,
+            changed = resync.changed(), if resync_open => match changed {
+                Ok(()) => Work::Resync,
+                Err(_) => {
+                    resync_open = false;
+                    continue;
+                }
+            },
+            msg = sub.next() => match msg {
+                Some(msg) => Work::Doorbell(msg),
+                None => break,
+            },
+            () = sleep_until(retry_at), if retry_at.is_some() => Work::Retry,
+        };
+        // Raced with the stop: a read waiting on an unreachable broker must not hold
+        // back the drain (the channel ends with its last socket).
+        let read = async {
+            match work {
+                Work::Resync => reader.resync(&mut deliver).await,
+                Work::Doorbell(msg) => reader.doorbell(&msg, &mut deliver).await,
+                Work::Retry => reader.retry(&mut deliver).await,
+            }
+        };
         tokio::select! {
             biased;
             _ = channel.stop.cancelled() => break,
-            msg = sub.next() => match msg {
-                Some(msg) => fan_out(&channel, &msg, &stats, log_deliveries),
-                None => break,
-            },
+            () = Box::pin(read) => {}
         }
     }
     if let Err(e) = Box::pin(sub.unsubscribe()).await {
         tracing::debug!(%subject, error = %e, "unsubscribe failed (connection gone)");
     }
     tracing::debug!(%subject, "unsubscribed");
+}
+
+/// What woke a user channel's task.
+enum Work {
+    Resync,
+    Doorbell(async_nats::Message),
+    Retry,
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Returns once the server has processed every command this client sent before.
@@ -269,11 +318,7 @@ async fn barrier(client: &Client, subject: &str) -> Result<(), async_nats::Error
     }
 }
 
-fn fan_out(channel: &UserChannel, msg: &async_nats::Message, stats: &Stats, log: bool) {
-    let Some(event) = Event::from_live(msg) else {
-        stats.malformed.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
+fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
     if event.frame.is_none() {
         // Still handed on, so sockets move past its sequence without a gap fetch.
         stats.malformed.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,7 @@ mod error;
 pub mod event;
 mod http;
 pub mod hub;
+mod live;
 mod request_auth;
 mod serve;
 pub mod session;
@@ -141,6 +142,7 @@ impl App {
             metrics_allow: config.metrics_allow.clone(),
             hub: Hub::new(
                 client.clone(),
+                (store.clone(), resync.clone()),
                 &gateway_id,
                 tracker.clone(),
                 stats.clone(),

@@ -1,10 +1,18 @@
-//! Reads a user's events back from the `NOTIFY` stream: replay after a cursor, gap
-//! fills, polling. Direct get (`next_by_subj`) answers from any replica without
-//! creating consumers, so a resume costs the server no state.
+//! Reads a user's events back from the `NOTIFY` stream: live delivery (see `live`),
+//! replay after a cursor, gap fills, polling. Direct get (`next_by_subj`) answers from
+//! any replica without creating consumers, so a resume costs the server no state.
+//!
+//! Sequence integrity: a direct-get reply carries the stored message's own headers
+//! first and the server's `Nats-Stream`, `Nats-Subject`, `Nats-Sequence` and
+//! `Nats-Time-Stamp` appended after them, so a producer that set those headers itself
+//! leaves two values. async-nats reads the **last** value of each into
+//! `StreamMessage::{sequence, subject}` (the server's); here the subject is also
+//! checked to be exactly the user's, so nothing a producer writes moves a sequence.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use async_nats::jetstream::{self, message::StreamMessage, stream::DirectGetErrorKind};
+use bytes::Bytes;
 use ziraai_common::nats::NOTIFY_STREAM;
 use ziraai_proto::UserId;
 
@@ -17,6 +25,26 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 #[error("reading stream NOTIFY failed: {0}")]
 pub struct StoreError(String);
+
+/// One event as stored, with its body.
+#[derive(Debug)]
+pub struct Stored {
+    pub event: Event,
+    pub payload: Bytes,
+}
+
+/// Checks a direct-get reply against what was asked: the server's subject (the last
+/// `Nats-Subject`, see the module header) exactly `subject`, the sequence at least
+/// `from`. Anything else is refused rather than delivered under a wrong sequence.
+fn server_checked(m: StreamMessage, subject: &str, from: u64) -> Result<StreamMessage, StoreError> {
+    if m.subject.as_str() != subject || m.sequence < from {
+        return Err(StoreError(format!(
+            "direct get for {subject} from {from} answered {} at {}",
+            m.subject, m.sequence
+        )));
+    }
+    Ok(m)
+}
 
 /// Handle on `NOTIFY` for reads.
 #[derive(Clone)]
@@ -48,20 +76,32 @@ impl EventStore {
     /// The first event of `user` with a sequence above `after`, `None` past the end
     /// (and for `after = u64::MAX`, which no sequence is above).
     pub async fn next_after(&self, user: &UserId, after: u64) -> Result<Option<Event>, StoreError> {
+        Ok(self.next_stored(user, after).await?.map(|s| s.event))
+    }
+
+    /// Like [`Self::next_after`], with the stored body (the live path compares it).
+    pub async fn next_stored(
+        &self,
+        user: &UserId,
+        after: u64,
+    ) -> Result<Option<Stored>, StoreError> {
         let Some(from) = after.checked_add(1) else {
             return Ok(None);
         };
+        let subject = user.notify_subject();
         let read = self
             .stream
-            .direct_get_next_for_subject(user.notify_subject(), Some(from));
+            .direct_get_next_for_subject(subject.as_str(), Some(from));
         match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => Err(StoreError("timed out".into())),
-            Ok(Ok(m)) => Ok(Some(Event::decode(
-                m.sequence,
-                0,
-                Some(&m.headers),
-                &m.payload,
-            ))),
+            Ok(Ok(m)) => {
+                let m = server_checked(m, &subject, from)?;
+                let event = Event::decode(m.sequence, 0, Some(&m.headers), &m.payload);
+                Ok(Some(Stored {
+                    event,
+                    payload: m.payload,
+                }))
+            }
             Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
         }
@@ -74,7 +114,7 @@ impl EventStore {
             .direct_get_last_for_subject(user.notify_subject());
         match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => Err(StoreError("timed out".into())),
-            Ok(Ok(m)) => Ok(m.sequence),
+            Ok(Ok(m)) => Ok(server_checked(m, &user.notify_subject(), 1)?.sequence),
             Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
         }

@@ -120,7 +120,11 @@ async fn choose_start(
         )),
         // A Completion is unacknowledged: numbering cannot be rebuilt; full reconnect.
         Some(record) if record.dirty || record.protocol().is_none() => Err(unknown_connection()),
-        Some(record) => Ok(record.seq),
+        // Never past the stream's end, so no cursor derived from it can be either.
+        Some(record) => {
+            let bounds = app.store.bounds().await.map_err(|e| unavailable(&e))?;
+            Ok(record.seq.min(bounds.last_seq))
+        }
         None => Ok(resume_point(app, user, since, device).await?.start_after),
     }
 }
@@ -172,7 +176,9 @@ impl Accepted {
     /// socket ended or was refused.
     async fn open(&mut self, socket: &mut WebSocket) -> Option<(HubProtocol, Option<Stateful>)> {
         let resumes = &self.admitted.app().resumes;
-        if let Some(record) = self.resuming.take() {
+        if let Some(mut record) = self.resuming.take() {
+            // The start was clamped to the stream's end; the acks it maps must be too.
+            record.seq = self.start_after;
             let protocol = record.protocol()?;
             if !resume_sequence(socket, protocol, record.acked, self.max_message).await {
                 return None;
