@@ -145,3 +145,35 @@ proptest! {
         prop_assert_eq!(outcome.event_id(), format!("analysis-{id}"));
     }
 }
+
+/// A MessagePack envelope whose `data.x` holds `depth` nested arrays.
+fn deep_msgpack_envelope(depth: usize) -> Vec<u8> {
+    let mut body = vec![0x82, 0xa4];
+    body.extend_from_slice(b"kind");
+    body.extend_from_slice(&[0xa1, b'a', 0xa4]);
+    body.extend_from_slice(b"data");
+    body.extend_from_slice(&[0x81, 0xa1, b'x']);
+    body.extend(std::iter::repeat_n(0x91, depth));
+    body.push(0xc0);
+    body
+}
+
+#[test]
+fn the_deepest_msgpack_envelope_is_deliverable_to_json_clients() {
+    // The envelope map and `data` take two levels of the limit, as in an event frame.
+    let deepest = ziraai_proto::msgpack::MAX_DEPTH - 3;
+    let env = Envelope::decode(&deep_msgpack_envelope(deepest), PayloadEncoding::MsgPack)
+        .expect("within the limit");
+    assert_deliverable(&env);
+    let text = String::from_utf8(env.encode(PayloadEncoding::Json)).expect("UTF-8");
+    assert_eq!(
+        Envelope::decode(text.as_bytes(), PayloadEncoding::Json).ok(),
+        Some(env)
+    );
+    for depth in [deepest + 1, 1_000, 100_000] {
+        assert!(
+            Envelope::decode(&deep_msgpack_envelope(depth), PayloadEncoding::MsgPack).is_err(),
+            "{depth}"
+        );
+    }
+}
