@@ -7,7 +7,7 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test bench nats-server signalr-client browser browser-client build lint fmt clean
+.PHONY: run test fuzz bench nats-server signalr-client browser browser-client build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
@@ -25,6 +25,13 @@ test: nats-server signalr-client browser browser-client
 	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" ZIRAAI_TEST_BIN_DIR="$(TEST_BIN_DIR)" \
 		cargo test --workspace --locked 2>&1 | tee .run/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' .run/test.log
+
+## fuzz: the property tests of every decoder with many more cases (FUZZ_CASES, default 20000; FUZZ_TIMEOUT seconds).
+FUZZ_CASES ?= 20000
+FUZZ_TIMEOUT ?= 3600
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-proto --test props
+	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-worker --lib job::props
 
 ## bench: load generator against a release gateway process (BENCH_ARGS="--sockets N --events N --rate N").
 BENCH_ARGS ?= --sockets 4000 --events 3000 --rate 1000

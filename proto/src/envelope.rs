@@ -102,7 +102,7 @@ impl Envelope {
     pub fn decode(body: &[u8], encoding: PayloadEncoding) -> Result<Self, EnvelopeError> {
         let env: Envelope = match encoding {
             PayloadEncoding::Json => serde_json::from_slice(body)?,
-            PayloadEncoding::MsgPack => rmp_serde::from_slice(body)?,
+            PayloadEncoding::MsgPack => crate::msgpack::from_slice(body)?,
         };
         env.validate()?;
         Ok(env)
@@ -162,6 +162,35 @@ mod tests {
             let back = Envelope::decode(&env.encode(enc), enc).expect("decodes");
             assert_eq!(back, env, "{enc:?}");
         }
+    }
+
+    #[test]
+    fn floats_reach_clients_unchanged() {
+        // Found by the property tests: without serde_json's `float_roundtrip` the
+        // gateway parsed this producer's float one bit off and delivered the change.
+        for text in ["2.2894915473291928e-10", "-9.459175051450797e+220", "0.1"] {
+            let body = format!(r#"{{"kind":"a","data":{{"x":{text}}}}}"#);
+            let env = Envelope::decode(body.as_bytes(), PayloadEncoding::Json).expect("valid");
+            let want: f64 = text.parse().expect("float");
+            assert_eq!(env.data["x"].as_f64(), Some(want), "{text}");
+            assert_eq!(env.encode(PayloadEncoding::Json), body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn deep_msgpack_data_is_refused_not_a_crash() {
+        // Found by the property tests: ~700 nested arrays overflowed the stack.
+        let mut body = vec![0x82, 0xa4];
+        body.extend_from_slice(b"kind");
+        body.extend_from_slice(&[0xa1, b'a', 0xa4]);
+        body.extend_from_slice(b"data");
+        body.extend_from_slice(&[0x81, 0xa1, b'x']);
+        body.extend(std::iter::repeat_n(0x91, 5_000));
+        body.push(0xc0);
+        assert!(matches!(
+            Envelope::decode(&body, PayloadEncoding::MsgPack),
+            Err(EnvelopeError::MsgPack(_))
+        ));
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl ClientFrame {
 
     /// Decodes a binary frame (MessagePack).
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, ClientFrameError> {
-        let value: Value = rmp_serde::from_slice(bytes)
+        let value: Value = crate::msgpack::from_slice(bytes)
             .map_err(|_| ClientFrameError::Undecodable("MessagePack"))?;
         Self::from_value(value)
     }
@@ -287,6 +287,14 @@ mod tests {
         }
         assert!(matches!(
             ClientFrame::from_msgpack(&[0xc1]),
+            Err(ClientFrameError::Undecodable(_))
+        ));
+        // Found by the property tests: a 1 KiB frame of nested arrays overflowed the stack
+        // and aborted the gateway. Past the JSON nesting limit it is not MessagePack we read.
+        let mut nested = vec![0x91; 1_000];
+        nested.push(0xc0);
+        assert!(matches!(
+            ClientFrame::from_msgpack(&nested),
             Err(ClientFrameError::Undecodable(_))
         ));
     }

@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod envelope;
 pub mod frames;
 pub mod ids;
+pub mod msgpack;
 pub mod signalr;
 
 pub use envelope::{Envelope, EnvelopeError, PayloadEncoding};

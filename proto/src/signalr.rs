@@ -222,7 +222,7 @@ pub fn parse_msgpack_messages(
         let body = rest
             .get(used..used + len)
             .ok_or_else(|| malformed("truncated message"))?;
-        let v: Value = rmp_serde::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+        let v: Value = crate::msgpack::from_slice(body).map_err(|e| malformed(e.to_string()))?;
         let items = v
             .as_array()
             .ok_or_else(|| malformed("message is not an array"))?;

@@ -255,6 +255,18 @@ fn msgpack_client_messages_batch_and_fail_clearly() {
         parse_msgpack_messages(&hex("80 01"), 64),
         Err(HubMessageError::TooLarge(128))
     );
+    // Found by the property tests: an invocation whose argument nests ~700 arrays
+    // overflowed the stack and aborted the gateway; it is refused as malformed.
+    let mut body = hex("95 01 80 C0 A1 78");
+    body.extend(std::iter::repeat_n(0x91, 1_000));
+    body.push(0xc0);
+    let mut deep = Vec::new();
+    write_varint(body.len(), &mut deep);
+    deep.extend(&body);
+    assert!(matches!(
+        parse_msgpack_messages(&deep, MAX_MESSAGE),
+        Err(HubMessageError::Malformed(_))
+    ));
 }
 
 #[test]

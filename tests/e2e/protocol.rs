@@ -50,6 +50,14 @@ async fn each_bad_frame_gets_an_error_frame_and_its_close_code_and_spares_others
             1007,
         ),
         (
+            // 1 KiB of nested arrays used to overflow the stack and abort the gateway.
+            "nested 1,000 deep",
+            false,
+            [vec![0x91; 1_000], vec![0xc0]].concat(),
+            "invalid_frame",
+            1007,
+        ),
+        (
             "unknown type",
             true,
             br#"{"type":"subscribe","subject":">"}"#.to_vec(),

@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 use ziraai_proto::UserId;
 use ziraai_proto::analysis::AnalysisId;
 
+/// Longest accepted `jobId`, in bytes: `job-<jobId>` travels as the event's `Nats-Msg-Id`
+/// header, which must leave room for the envelope in `NOTIFY`'s 64 KiB messages.
+pub const MAX_JOB_ID_LEN: usize = 256;
+
 /// A job that can be processed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -32,6 +36,10 @@ pub enum Poison {
     BadUserId(String),
     #[error("job has no analysisId (string or number)")]
     NoAnalysisId,
+    /// A job id that cannot become a `Nats-Msg-Id`: the outcome could never be
+    /// published, so the job would come back for ever.
+    #[error("job's jobId {0:?} holds a control character or exceeds {MAX_JOB_ID_LEN} bytes")]
+    BadJobId(String),
 }
 
 impl Job {
@@ -44,6 +52,10 @@ impl Job {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(Poison::NoJobId),
         };
+        if job_id.len() > MAX_JOB_ID_LEN || job_id.chars().any(char::is_control) {
+            let shown: String = job_id.chars().take(64).collect();
+            return Err(Poison::BadJobId(shown));
+        }
         let user_id = match body.get("userId") {
             Some(Value::String(s)) => {
                 UserId::parse(s).map_err(|e| Poison::BadUserId(e.to_string()))?
@@ -77,6 +89,10 @@ impl Job {
 }
 
 #[cfg(test)]
+#[path = "job_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -95,7 +111,11 @@ mod tests {
 
     #[test]
     fn poison_jobs_say_why() {
-        let cases: [(&[u8], Poison); 6] = [
+        let long = format!(
+            r#"{{"jobId":"{}","analysisId":1,"userId":"u"}}"#,
+            "j".repeat(257)
+        );
+        let cases: [(&[u8], Poison); 9] = [
             (b"not json", Poison::NotJson),
             (b"[1]", Poison::NotJson),
             (br#"{"analysisId":1,"userId":"u"}"#, Poison::NoJobId),
@@ -107,6 +127,17 @@ mod tests {
                 ),
             ),
             (br#"{"jobId":"j","userId":"u"}"#, Poison::NoAnalysisId),
+            // Found by the property tests: accepted, but `job-\n` is no Nats-Msg-Id, so
+            // the outcome was refused by the publisher and the job redelivered for ever.
+            (
+                br#"{"jobId":"\n","analysisId":1,"userId":"u"}"#,
+                Poison::BadJobId("\n".into()),
+            ),
+            (
+                br#"{"jobId":"a\u007fb","analysisId":1,"userId":"u"}"#,
+                Poison::BadJobId("a\u{7f}b".into()),
+            ),
+            (long.as_bytes(), Poison::BadJobId("j".repeat(64))),
         ];
         for (body, want) in cases {
             assert_eq!(
