@@ -1,35 +1,251 @@
-//! Logging set-up: JSON lines in staging and production, readable text in development.
-//! `RUST_LOG` filters (default `info` for services, `warn` for one-shot commands). Tokens and secrets are never logged: the
-//! configuration types keep them in `SecretString`, which does not print.
+//! Logging and tracing set-up. Log lines: JSON in staging and production (with
+//! `trace_id`/`span_id` inside a span), readable text in development; `RUST_LOG`
+//! filters them (default `info` for services, `warn` for one-shot commands). Spans: the
+//! standard `OTEL_*` variables (see [`settings`]) point an OTLP exporter (gRPC or
+//! HTTP/protobuf) at a collector; `RUST_LOG` does not filter them, the sampler does. No
+//! endpoint: no exporter, nothing attempted. Tokens and secrets are never logged nor put
+//! in span attributes: the configuration types keep them in `SecretString`.
 
-use tracing_subscriber::EnvFilter;
+mod json_ids;
+mod processor;
+pub mod propagation;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter};
+
+pub use processor::{dropped_spans, exported_spans};
+pub use propagation::{extract, inject, inject_context};
+pub use settings::{OTEL_VARS, Protocol, SamplerKind, Settings};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber for a service (default level `info`); a second
-/// call (tests) is a no-op.
+/// How long `main` waits for the last spans to leave at exit.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Who is tracing: the resource attributes besides `OTEL_RESOURCE_ATTRIBUTES`.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
+    pub default_name: &'static str,
+    /// `service.version`.
+    pub version: &'static str,
+    /// `service.instance.id` (the gateway id; the worker's generated id).
+    pub instance_id: String,
+    /// `deployment.environment.name` (`development`, `staging`, `production`).
+    pub environment: &'static str,
+}
+
+/// Keeps the tracer provider; [`Telemetry::shutdown`] flushes it at exit.
+#[must_use = "call shutdown() at exit so the last spans are exported"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported (an endpoint is set and the SDK is not disabled).
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes and stops the exporter, waiting at most `grace` (on a plain thread, not
+    /// an async worker: without a collector the exporter retries for about a second).
+    pub fn shutdown(self, grace: Duration) {
+        if let Some(provider) = self.provider {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(provider.shutdown_with_timeout(grace));
+            });
+            match rx.recv_timeout(grace + Duration::from_millis(100)) {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "span exporter shutdown"),
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber for a service (default level `info`) and, when the
+/// `OTEL_*` variables of `vars` name an endpoint, the OTLP span pipeline. A second call
+/// (tests) installs nothing and returns a handle without exporter. Returns the
+/// handle and the warnings about the variables (log them once the subscriber is up).
+pub fn init_service(
+    format: LogFormat,
+    service: ServiceInfo,
+    vars: &HashMap<String, String>,
+) -> (Telemetry, Vec<String>) {
+    let (settings, mut warnings) = Settings::from_vars(vars, service.default_name);
+    let provider = match settings.endpoint.as_deref() {
+        Some(endpoint) => match build_provider(&settings, endpoint, &service) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warnings.push(format!("traces are not exported: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("ziraai"))
+            .with_location(false)
+            .with_threads(false)
+            // Only our own spans: never the exporter's HTTP/2 client (a feedback loop)
+            // nor other libraries'. Not `RUST_LOG`: log quietness must not hide spans.
+            .with_filter(filter::filter_fn(|m| {
+                m.target().starts_with("ziraai") && *m.level() <= tracing::Level::INFO
+            }))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(otel)
+        .with(log_layer(format, "info"))
+        .try_init()
+        .is_ok();
+    match (installed, provider) {
+        (true, Some(p)) => {
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            opentelemetry::global::set_tracer_provider(p.clone());
+            (Telemetry { provider: Some(p) }, warnings)
+        }
+        (_, p) => {
+            // Not installed (a second call): stop the unused exporter thread.
+            if let Some(p) = p {
+                let _ = std::thread::spawn(move || p.shutdown_with_timeout(SHUTDOWN_GRACE));
+            }
+            (Telemetry { provider: None }, warnings)
+        }
+    }
+}
+
+/// Installs the global subscriber for a service (default level `info`), logs only; a
+/// second call (tests) is a no-op.
 pub fn init(format: LogFormat) {
-    init_at(format, "info");
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(format, "info"))
+        .try_init();
 }
 
 /// Installs the global subscriber for a command-line tool whose stdout is its result:
-/// default level `warn`, so connection chatter stays out of the terminal.
+/// default level `warn`, so connection chatter stays out of the terminal. No spans.
 pub fn init_cli(format: LogFormat) {
-    init_at(format, "warn");
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(format, "warn"))
+        .try_init();
 }
 
-fn init_at(format: LogFormat, default_level: &str) {
+/// The log-line layer, filtered by `RUST_LOG` (per layer: the span layer is not).
+fn log_layer<S>(format: LogFormat, default_level: &str) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt
+            .fmt_fields(json_ids::JsonWithIds::fields())
+            .event_format(json_ids::JsonWithIds::default())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),
+    }
+}
+
+fn build_provider(
+    settings: &Settings,
+    endpoint: &str,
+    service: &ServiceInfo,
+) -> Result<SdkTracerProvider, String> {
+    let mut attrs: Vec<KeyValue> = settings
+        .resource
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    attrs.push(KeyValue::new("service.version", service.version));
+    attrs.push(KeyValue::new(
+        "service.instance.id",
+        service.instance_id.clone(),
+    ));
+    attrs.push(KeyValue::new(
+        "deployment.environment.name",
+        service.environment,
+    ));
+    let resource = Resource::builder_empty()
+        .with_attributes(attrs)
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let limits = processor::Limits {
+        queue: settings.queue_size,
+        batch: settings.batch_size,
+        delay: settings.schedule_delay,
+        export_timeout: settings.export_timeout,
     };
+    let endpoint = endpoint.to_string();
+    let headers = settings.headers.clone();
+    let timeout = settings.export_timeout;
+    let exporter_resource = resource.clone();
+    let processor = match settings.protocol {
+        Protocol::Grpc => processor::BoundedBatch::start(limits, move || {
+            let mut metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
+            for (k, v) in &headers {
+                let key =
+                    tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .map_err(|e| format!("header {k}: {e}"))?;
+                let value = v
+                    .parse()
+                    .map_err(|_| format!("header {k}: invalid value"))?;
+                metadata.insert(key, value);
+            }
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .with_metadata(metadata)
+                .build()
+                .map_err(|e| e.to_string())?;
+            opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &exporter_resource);
+            Ok(exporter)
+        }),
+        Protocol::HttpProtobuf => processor::BoundedBatch::start(limits, move || {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .with_headers(headers.into_iter().collect())
+                .build()
+                .map_err(|e| e.to_string())?;
+            opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &exporter_resource);
+            Ok(exporter)
+        }),
+    }
+    .map_err(|e| format!("cannot start the export thread: {e}"))?;
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler(settings.sampler))
+        .with_span_processor(processor)
+        .build())
+}
+
+fn sampler(kind: SamplerKind) -> Sampler {
+    match kind {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
 }

@@ -84,6 +84,12 @@ pub(crate) struct AppState {
     pub(crate) conn_limit: Arc<conn_limit::ConnLimit>,
 }
 
+/// A new unique gateway id (`gw-…`): in logs, `/health`, connection ids and the
+/// traces' `service.instance.id`.
+pub fn new_gateway_id() -> String {
+    format!("gw-{}", nuid::next())
+}
+
 /// A bound, connected gateway, not yet serving.
 pub struct App {
     listener: TcpListener,
@@ -96,9 +102,17 @@ pub struct App {
 impl App {
     /// Connects to NATS, applies the stream definitions, binds the listener.
     pub async fn build(config: GatewayServiceConfig) -> anyhow::Result<Self> {
+        Self::build_as(config, new_gateway_id()).await
+    }
+
+    /// As [`App::build`] with the gateway id chosen by the caller (`main` gives the
+    /// same id to telemetry as `service.instance.id`).
+    pub async fn build_as(
+        config: GatewayServiceConfig,
+        gateway_id: String,
+    ) -> anyhow::Result<Self> {
         // First: a bad public key file is a configuration error (exit 2), found fast.
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
-        let gateway_id = format!("gw-{}", nuid::next());
         let (client, resync) =
             nats::connect_observed(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;
         let js = jetstream::new(client.clone());

@@ -38,16 +38,31 @@ async fn main() -> std::process::ExitCode {
         Err(code) => return code,
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    match command {
-        Command::Serve => telemetry::init(config.log_format),
+    let gateway_id = ziraai_gateway::new_gateway_id();
+    let traces = match command {
+        Command::Serve => {
+            let service = telemetry::ServiceInfo {
+                default_name: "ziraai-gateway",
+                version: env!("CARGO_PKG_VERSION"),
+                instance_id: gateway_id.clone(),
+                environment: config.env.as_str(),
+            };
+            let vars = std::env::vars().collect();
+            let (traces, warnings) = telemetry::init_service(config.log_format, service, &vars);
+            warnings.iter().for_each(|w| tracing::warn!("{w}"));
+            Some(traces)
+        }
         // One-shot tools: stdout is the result, logs only when something is wrong.
-        Command::Token(_) | Command::Watch(_) => telemetry::init_cli(config.log_format),
-    }
+        Command::Token(_) | Command::Watch(_) => {
+            telemetry::init_cli(config.log_format);
+            None
+        }
+    };
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     let result = match command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, gateway_id).await,
         Command::Token(args) => token::mint(&args, &config)
             .map(|t| println!("{t}"))
             .map_err(anyhow::Error::from),
@@ -56,6 +71,9 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
     };
+    if let Some(traces) = traces {
+        traces.shutdown(telemetry::SHUTDOWN_GRACE);
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A bad public key file is a configuration error, like the config's own.
@@ -70,14 +88,14 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, gateway_id: String) -> anyhow::Result<()> {
     if config.auth.dev_secret {
         tracing::warn!(
             "using the built-in development JWT secret; set ZIRAAI_JWT_SECRET for anything shared"
         );
     }
     let env = config.env;
-    let app = App::build(config).await?;
+    let app = App::build_as(config, gateway_id).await?;
     let reload = reload_on_sighup(app.key_reloader());
     let addr = app.local_addr()?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), env = env.as_str(), gateway_id = app.gateway_id(), %addr, "gateway listening");

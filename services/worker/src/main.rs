@@ -76,17 +76,33 @@ async fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match cli.command {
-        Command::Run | Command::Demo | Command::DevAnalyzer => telemetry::init(config.log_format),
+    let traces = match cli.command {
+        Command::Run | Command::Demo | Command::DevAnalyzer => {
+            let service = telemetry::ServiceInfo {
+                default_name: "ziraai-worker",
+                version: env!("CARGO_PKG_VERSION"),
+                instance_id: format!("wk-{}", nuid::next()),
+                environment: config.env.as_str(),
+            };
+            let vars = std::env::vars().collect();
+            let (traces, warnings) = telemetry::init_service(config.log_format, service, &vars);
+            warnings.iter().for_each(|w| tracing::warn!("{w}"));
+            Some(traces)
+        }
         // One-shot tools: stdout is the result, logs only when something is wrong.
         Command::Publish { .. } | Command::Submit { .. } | Command::Provision => {
-            telemetry::init_cli(config.log_format)
+            telemetry::init_cli(config.log_format);
+            None
         }
-    }
+    };
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    match run(cli.command, config).await {
+    let result = run(cli.command, config).await;
+    if let Some(traces) = traces {
+        traces.shutdown(telemetry::SHUTDOWN_GRACE);
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ziraai-worker: {e:#}");
