@@ -42,6 +42,10 @@ impl Backend for NatsBackend {
         }
     }
 
+    fn device_label(&self) -> &str {
+        &self.device_label
+    }
+
     fn track(&self, kind: TrackKind, seq: u64) {
         self.tracking.record(TrackRecord {
             user: self.user.clone(),

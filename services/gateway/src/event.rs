@@ -91,6 +91,8 @@ pub struct Event {
     pub frame: Option<ServerFrame>,
     /// One lazily encoded message per [`Encoding`].
     encoded: [OnceLock<Message>; 4],
+    /// The publisher's trace context, the store time and the delivery span.
+    pub trace: crate::trace::EventTrace,
 }
 
 impl Event {
@@ -122,6 +124,7 @@ impl Event {
             last_seq,
             frame,
             encoded: Default::default(),
+            trace: crate::trace::EventTrace::from_headers(hdrs),
         }
     }
 

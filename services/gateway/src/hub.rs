@@ -324,14 +324,29 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
     }
     let seq = event.seq;
+    let user = &channel.user;
+    // Before the event reaches any socket: an ack refers to this span.
+    let span = match &event.frame {
+        Some(ziraai_proto::ServerFrame::Event(e)) => {
+            crate::trace::deliver_span(user.as_str(), seq, &e.kind, &event.trace)
+        }
+        _ => tracing::Span::none(),
+    };
     let event = Arc::new(event);
     let mut queued = 0_usize;
+    let mut protocols: Vec<&'static str> = Vec::new();
     let sockets = lock(&channel.sockets);
     for slot in sockets.iter() {
         // Encode for this protocol once, in the fan-out task rather than per socket.
         let _ = event.encoded(slot.encoding);
         match slot.tx.try_send(event.clone()) {
-            Ok(()) => queued += 1,
+            Ok(()) => {
+                queued += 1;
+                let label = crate::trace::protocol_label(slot.encoding);
+                if !protocols.contains(&label) {
+                    protocols.push(label);
+                }
+            }
             Err(mpsc::error::TrySendError::Full(_)) => slot.ctl.queue_full(),
             // The socket is ending; its membership leaves on drop.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -339,7 +354,9 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
     }
     drop(sockets);
     stats.delivered.fetch_add(queued as u64, Ordering::Relaxed);
-    let user = &channel.user;
+    span.record("sockets", queued as u64);
+    span.record("protocols", protocols.join(",").as_str());
+    let _entered = span.enter();
     if log {
         tracing::info!(user = %user, seq, sockets = queued, "delivered");
     } else {

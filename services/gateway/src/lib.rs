@@ -24,6 +24,7 @@ pub mod session;
 pub mod signalr;
 mod socket;
 pub mod store;
+pub mod trace;
 pub mod tracking;
 mod ws;
 

@@ -138,6 +138,10 @@ pub trait Backend: Send + Sync {
     fn save_cursor(&self, seq: u64) -> impl Future<Output = ()> + Send;
     /// Records a tracking event without waiting.
     fn track(&self, kind: TrackKind, seq: u64);
+    /// The device id (or `conn-<connectionId>`) in `notify.ack` spans.
+    fn device_label(&self) -> &str {
+        ""
+    }
 }
 
 /// How a dialect keeps a connection alive.

@@ -323,7 +323,8 @@ impl SocketStart {
             t.attach(&membership.ctl);
         }
         app.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%connection_id, user = %user, "socket open");
+        let protocol = crate::trace::protocol_label(dialect.encoding());
+        tracing::info!(%connection_id, user = %user, protocol, "socket open");
         let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {
@@ -332,6 +333,12 @@ impl SocketStart {
         if end == Some(CloseReason::RateLimited) {
             app.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::debug!(%connection_id, user = %user, ?end, "socket closed");
+        // The code the server closed with (native codes; SignalR closes with 1000 and
+        // says why in its close message), 0 when the client closed or vanished.
+        let (close_code, close_reason) = match &end {
+            Some(reason) => (reason.describe().0, reason.reason_text()),
+            None => (0, "client closed or gone"),
+        };
+        tracing::info!(%connection_id, user = %user, protocol, close_code, close_reason, "socket closed");
     }
 }

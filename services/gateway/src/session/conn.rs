@@ -11,6 +11,7 @@ use crate::event::Event;
 use crate::tracking::TrackKind;
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use opentelemetry::trace::SpanContext;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -40,7 +41,8 @@ pub(super) struct Conn<S, B, D> {
     /// Highest sequence sent or skipped: everything up to it is done.
     last_seen: u64,
     /// Sent, not yet acknowledged (for ack tracking), oldest first.
-    unacked: VecDeque<u64>,
+    /// With each its delivery's trace context (the `notify.ack` span links to it).
+    unacked: VecDeque<(u64, Option<SpanContext>)>,
     last_heard: Instant,
     last_sent: Instant,
     /// (time of a flush, last sequence written by then), for `acks_on_write` dialects.
@@ -167,7 +169,7 @@ where
         loop {
             self.ctl.replaying.store(true, Ordering::SeqCst);
             self.ctl.lagged.store(false, Ordering::SeqCst);
-            let r = self.catch_up(None).await;
+            let r = self.catch_up(None, None).await;
             self.ctl.replaying.store(false, Ordering::SeqCst);
             r?;
             self.flush().await?;
@@ -177,9 +179,12 @@ where
         }
     }
 
-    /// Sends stored events after `last_seen`, up to (not including) `until`.
-    async fn catch_up(&mut self, until: Option<u64>) -> Step {
+    /// Sends stored events after `last_seen`, up to (not including) `until`; a gap
+    /// fill's `notify.replay` span is a child of the live event's delivery (`parent`).
+    async fn catch_up(&mut self, until: Option<u64>, parent: Option<SpanContext>) -> Step {
         let mut sent = 0usize;
+        // Started at the first replayed event: a socket with nothing to replay has none.
+        let mut span: Option<tracing::Span> = None;
         loop {
             let Some(event) = self.read_next().await? else {
                 return Ok(());
@@ -188,6 +193,20 @@ where
                 return Ok(());
             }
             self.s.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            let replay = span.get_or_insert_with(|| {
+                let reason = if until.is_some() {
+                    "gap_fill"
+                } else {
+                    "resume"
+                };
+                crate::trace::replay_span(event.seq, reason, parent.as_ref())
+            });
+            replay.record("count", sent as u64 + 1);
+            if sent < crate::trace::MAX_LINKS
+                && let Some(cx) = event.trace.context()
+            {
+                tracing_opentelemetry::OpenTelemetrySpanExt::add_link(replay, cx);
+            }
             self.emit(&event).await?;
             sent += 1;
             if sent.is_multiple_of(WRITE_BATCH) {
@@ -245,7 +264,7 @@ where
                 "gap: fetching from the stream"
             );
             self.ctl.replaying.store(true, Ordering::SeqCst);
-            let r = self.catch_up(Some(event.seq)).await;
+            let r = self.catch_up(Some(event.seq), event.trace.context()).await;
             self.ctl.replaying.store(false, Ordering::SeqCst);
             r?;
             if self.ctl.lagged.load(Ordering::SeqCst) {
@@ -265,7 +284,7 @@ where
             if self.unacked.len() == MAX_UNACKED {
                 self.unacked.pop_front();
             }
-            self.unacked.push_back(event.seq);
+            self.unacked.push_back((event.seq, event.trace.context()));
         }
         self.last_seen = event.seq;
         Ok(())
@@ -290,7 +309,7 @@ where
         for action in Box::pin(self.d.inbound(&msg)).await {
             match action {
                 Inbound::Reply(m) => self.write(m).await?,
-                Inbound::Ack(seq) => self.ack(seq).await,
+                Inbound::Ack(seq) => self.ack(seq, true).await,
                 Inbound::Close(reason) => return Err(Stop::Close(reason)),
                 Inbound::Gone => return Err(Stop::Gone),
                 Inbound::Expiry(at) => self.expiry.as_mut().reset(at),
@@ -300,15 +319,22 @@ where
     }
 
     /// An ack covers every event up to `seq`; it cannot cover what was not sent.
-    async fn ack(&mut self, seq: u64) {
+    /// `explicit`: the device sent it (a `notify.ack` span), not a confirmed write.
+    async fn ack(&mut self, seq: u64, explicit: bool) {
         let seq = seq.min(self.last_seen);
         if seq <= self.ctl.acked.fetch_max(seq, Ordering::Relaxed) {
             return;
         }
-        while self.unacked.front().is_some_and(|s| *s <= seq) {
-            if let Some(s) = self.unacked.pop_front() {
+        let mut deliveries = Vec::new();
+        while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((s, cx)) = self.unacked.pop_front() {
                 self.s.backend.track(TrackKind::Acked, s);
+                deliveries.extend(cx);
             }
+        }
+        if explicit {
+            let skip = deliveries.len().saturating_sub(crate::trace::MAX_LINKS);
+            crate::trace::ack_span(self.s.backend.device_label(), seq, &deliveries[skip..]);
         }
         if !self.s.backend.has_cursor() {
             return;
@@ -335,7 +361,7 @@ where
             confirmed = self.unconfirmed.pop_front().map(|(_, seq)| seq);
         }
         if let Some(seq) = confirmed {
-            self.ack(seq).await;
+            self.ack(seq, false).await;
         }
     }
 

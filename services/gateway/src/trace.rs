@@ -1,0 +1,127 @@
+//! The gateway's spans: `notify.deliver` (one per event per gateway, parented to the
+//! publisher's `traceparent` carried by the stored message), `notify.replay` (resume and
+//! gap fills) and `notify.ack` (a device's ack, parented to and linked with the
+//! deliveries it covers). Socket writes are attributes (`sockets`, `protocols`), never a
+//! span per socket. No token ever goes into an attribute.
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::event::Encoding;
+
+/// Links kept on one `notify.replay` or `notify.ack` span.
+pub(crate) const MAX_LINKS: usize = 32;
+
+/// An event's trace: where it was published from and, once fanned out here, its
+/// delivery span.
+#[derive(Debug, Default)]
+pub struct EventTrace {
+    /// The publisher's context (`traceparent` of the stored message); empty without.
+    pub parent: opentelemetry::Context,
+    /// When the server stored the event (`Nats-Time-Stamp` of the direct get).
+    pub published: Option<SystemTime>,
+    /// The `notify.deliver` span's context, set by the hub's fan-out.
+    pub delivery: OnceLock<SpanContext>,
+}
+
+impl EventTrace {
+    /// From a stored message's headers.
+    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Self {
+        Self {
+            parent: headers
+                .filter(|h| h.get("traceparent").is_some())
+                .map(ziraai_common::telemetry::extract)
+                .unwrap_or_default(),
+            published: None,
+            delivery: OnceLock::new(),
+        }
+    }
+
+    /// The context an ack or a replay refers to: the delivery here, else the publish.
+    pub fn context(&self) -> Option<SpanContext> {
+        let sc = match self.delivery.get() {
+            Some(sc) => sc.clone(),
+            None => self.parent.span().span_context().clone(),
+        };
+        sc.is_valid().then_some(sc)
+    }
+
+    /// Milliseconds from the server's store time to now (0 when unknown or skewed).
+    pub fn delay_ms(&self) -> u64 {
+        self.published
+            .and_then(|p| SystemTime::now().duration_since(p).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// `native-json`, `native-msgpack`, `signalr-json`, `signalr-msgpack` (also the
+/// metrics' `protocol` label).
+pub fn protocol_label(encoding: Encoding) -> &'static str {
+    use ziraai_proto::Protocol;
+    use ziraai_proto::signalr::HubProtocol;
+    match encoding {
+        Encoding::Native(Protocol::Json) => "native-json",
+        Encoding::Native(Protocol::MsgPack) => "native-msgpack",
+        Encoding::Hub(HubProtocol::Json) => "signalr-json",
+        Encoding::Hub(HubProtocol::MessagePack) => "signalr-msgpack",
+    }
+}
+
+/// Starts `notify.deliver` for one event of `user` and records its context in the
+/// event (before any socket can ack it). `sockets` and `protocols` are recorded by the
+/// caller once the fan-out is done.
+pub(crate) fn deliver_span(user: &str, seq: u64, kind: &str, trace: &EventTrace) -> tracing::Span {
+    let span = tracing::info_span!(
+        "notify.deliver",
+        otel.kind = "consumer",
+        user.id = user,
+        event.seq = seq,
+        event.kind = kind,
+        messaging.system = "nats",
+        sockets = tracing::field::Empty,
+        protocols = tracing::field::Empty,
+        delivery.delay_ms = trace.delay_ms(),
+    );
+    if trace.parent.span().span_context().is_valid() {
+        let _ = span.set_parent(trace.parent.clone());
+    }
+    let sc = span.context().span().span_context().clone();
+    if sc.is_valid() {
+        let _ = trace.delivery.set(sc);
+    }
+    span
+}
+
+/// Starts `notify.replay` (`reason`: `resume` or `gap_fill`) under `parent` when given.
+pub(crate) fn replay_span(
+    from_seq: u64,
+    reason: &'static str,
+    parent: Option<&SpanContext>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "notify.replay",
+        from_seq,
+        count = tracing::field::Empty,
+        replay.reason = reason,
+    );
+    if let Some(p) = parent {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(p.clone()));
+    }
+    span
+}
+
+/// Records `notify.ack` of `device` up to `seq`, a child of the last delivery it covers
+/// and linked to each (at most [`MAX_LINKS`]).
+pub(crate) fn ack_span(device: &str, seq: u64, deliveries: &[SpanContext]) {
+    let span = tracing::info_span!("notify.ack", device.id = device, event.seq = seq);
+    if let Some(last) = deliveries.last() {
+        let _ =
+            span.set_parent(opentelemetry::Context::new().with_remote_span_context(last.clone()));
+    }
+    for d in deliveries.iter().rev().take(MAX_LINKS) {
+        span.add_link(d.clone());
+    }
+}
