@@ -21,6 +21,7 @@ mod signalr;
 mod signalr_raw;
 mod signalr_stateful;
 mod soak;
+mod telemetry;
 mod token_life;
 mod watch_cli;
 mod worker;

@@ -151,6 +151,11 @@ async fn health(
         "maxConnections": app.cfg.max_connections,
         "users": app.hub.users(),
         "delivery": app.stats.snapshot(),
+        // Spans handed to the collector / dropped (queue full, export failed) by this process.
+        "traces": {
+            "exported": ziraai_common::telemetry::exported_spans(),
+            "dropped": ziraai_common::telemetry::dropped_spans(),
+        },
     }))
 }
 

@@ -22,7 +22,9 @@ impl Default for JsonWithIds {
             inner: tracing_subscriber::fmt::format()
                 .json()
                 .flatten_event(true)
-                .with_current_span(false),
+                .with_current_span(false)
+                // The ids say which span; its fields are in the trace.
+                .with_span_list(false),
         }
     }
 }
