@@ -206,3 +206,83 @@ async fn drain_dropping(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Default)]
+    struct Memory(Arc<Mutex<Vec<String>>>);
+
+    impl SpanExporter for Memory {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let mut got = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            got.extend(batch.into_iter().map(|s| s.name.into_owned()));
+            Ok(())
+        }
+    }
+
+    /// A collector that never answers.
+    #[derive(Debug)]
+    struct Stuck;
+
+    impl SpanExporter for Stuck {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::future::pending().await
+        }
+    }
+
+    fn limits(queue: usize, batch: usize) -> Limits {
+        Limits {
+            queue,
+            batch,
+            delay: Duration::from_secs(60),
+            export_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn provider(p: BoundedBatch) -> SdkTracerProvider {
+        SdkTracerProvider::builder().with_span_processor(p).build()
+    }
+
+    // One test touches the process-wide counters (they are global by design: `/health`
+    // reads them), so the two cases run in sequence.
+    #[test]
+    fn exports_on_flush_and_drops_beyond_the_bound_without_blocking() {
+        let memory = Memory::default();
+        let exporter = memory.clone();
+        let p = provider(BoundedBatch::start(limits(16, 4), move || Ok(exporter)).expect("thread"));
+        let tracer = p.tracer("t");
+        for i in 0..10 {
+            tracer.start(format!("s{i}")).end();
+        }
+        p.force_flush().expect("flushed");
+        assert_eq!(memory.0.lock().expect("lock").len(), 10);
+        assert_eq!(dropped_spans(), 0);
+        assert_eq!(exported_spans(), 10);
+        p.shutdown().expect("shut down");
+
+        // Stuck exporter, queue 4, batch 2: the first batch hangs in export, 4 wait,
+        // the rest are dropped at once (this loop would hang if `on_end` waited).
+        let p = provider(BoundedBatch::start(limits(4, 2), || Ok(Stuck)).expect("thread"));
+        let tracer = p.tracer("t");
+        let started = std::time::Instant::now();
+        for i in 0..100 {
+            tracer.start(format!("s{i}")).end();
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let dropped = dropped_spans();
+        assert!((94..=96).contains(&dropped), "dropped {dropped}");
+        let shut = std::time::Instant::now();
+        let _ = p.shutdown_with_timeout(Duration::from_millis(200));
+        assert!(
+            shut.elapsed() < Duration::from_secs(1),
+            "shutdown is bounded"
+        );
+    }
+}
