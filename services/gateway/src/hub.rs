@@ -356,10 +356,14 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
     stats.delivered.fetch_add(queued as u64, Ordering::Relaxed);
     span.record("sockets", queued as u64);
     span.record("protocols", protocols.join(",").as_str());
-    let _entered = span.enter();
-    if log {
-        tracing::info!(user = %user, seq, sockets = queued, "delivered");
-    } else {
-        tracing::debug!(user = %user, seq, sockets = queued, "delivered");
+    {
+        let _entered = span.enter();
+        if log {
+            tracing::info!(user = %user, seq, sockets = queued, "delivered");
+        } else {
+            tracing::debug!(user = %user, seq, sockets = queued, "delivered");
+        }
     }
+    // Kept by the event: the span ends once the last socket has written it.
+    let _ = event.trace.span.set(span);
 }

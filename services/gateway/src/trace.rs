@@ -25,6 +25,9 @@ pub struct EventTrace {
     pub published: Option<SystemTime>,
     /// The `notify.deliver` span's context, set by the hub's fan-out.
     pub delivery: OnceLock<SpanContext>,
+    /// The `notify.deliver` span itself: it ends when the event is dropped, i.e. after
+    /// the last socket wrote it (or dropped it), and each write records its delay.
+    pub span: OnceLock<tracing::Span>,
 }
 
 impl EventTrace {
@@ -37,6 +40,7 @@ impl EventTrace {
                 .unwrap_or_default(),
             published: None,
             delivery: OnceLock::new(),
+            span: OnceLock::new(),
         }
     }
 
@@ -47,6 +51,14 @@ impl EventTrace {
             None => self.parent.span().span_context().clone(),
         };
         sc.is_valid().then_some(sc)
+    }
+
+    /// A socket wrote the event: `delivery.delay_ms` becomes publish → this write (the
+    /// last write's value stays: the slowest socket of the user on this gateway).
+    pub fn written(&self) {
+        if let Some(span) = self.span.get() {
+            span.record("delivery.delay_ms", self.delay_ms());
+        }
     }
 
     /// Milliseconds from the server's store time to now (0 when unknown or skewed).
@@ -72,7 +84,8 @@ pub fn protocol_label(encoding: Encoding) -> &'static str {
 
 /// Starts `notify.deliver` for one event of `user` and records its context in the
 /// event (before any socket can ack it). `sockets` and `protocols` are recorded by the
-/// caller once the fan-out is done.
+/// caller once the fan-out is done; `delivery.delay_ms` starts as publish → fan-out and
+/// is updated at each socket write ([`EventTrace::written`]).
 pub(crate) fn deliver_span(user: &str, seq: u64, kind: &str, trace: &EventTrace) -> tracing::Span {
     let span = tracing::info_span!(
         "notify.deliver",

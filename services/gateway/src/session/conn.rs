@@ -279,6 +279,7 @@ where
     async fn emit(&mut self, event: &Event) -> Step {
         if let Some(msg) = event.encoded(self.d.encoding()) {
             self.feed(msg).await?;
+            event.trace.written();
             self.d.sent_event(event.seq);
             self.s.backend.track(TrackKind::Delivered, event.seq);
             if self.unacked.len() == MAX_UNACKED {
