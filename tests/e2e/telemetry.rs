@@ -64,6 +64,19 @@ pub(crate) async fn warm_up(js: &jetstream::Context, user: &UserId, client: &mut
     seq
 }
 
+/// The official SignalR JS client (JSON) of `user` on `gw`, connected.
+pub(crate) async fn signalr_client(gw: &ServiceProcess, user: &UserId) -> JsClient {
+    let mut c = JsClient::start(JsOptions {
+        url: format!("http://{}{}", gw.addr(), ziraai_gateway::signalr::HUB_PATH),
+        token: token(user),
+        protocol: "json",
+        ..JsOptions::default()
+    })
+    .await;
+    c.expect("connected").await;
+    c
+}
+
 /// The gateway's `OTEL_*` variables for `receiver` plus `extra`.
 fn otel_vars<'a>(
     receiver: &'a OtlpReceiver,
@@ -84,8 +97,9 @@ async fn gateway_with(nats: &NatsServer, vars: &[(String, String)]) -> ServicePr
 }
 
 /// (b), (e), (f): a producer's `traceparent` gets `notify.deliver` and `notify.ack` in
-/// its trace, with their attributes and the gateway's resource.
-async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str) {
+/// its trace, with their attributes and the gateway's resource; `signalr`: a SignalR
+/// socket of the same user shares the one delivery span.
+async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str, signalr: bool) {
     let nats = NatsServer::start().await;
     let receiver = OtlpReceiver::start(protocol).await.expect("receiver");
     let vars = otel_vars(&receiver, &[("RUST_LOG", rust_log)]);
@@ -93,10 +107,20 @@ async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str) {
     let js = jetstream::new(nats.client().await);
     let u = user("traced");
     let (mut phone, _) = WsClient::resume(&gw.ws_url(), &u, "deviceId=phone").await;
+    let mut browser = match signalr {
+        true => Some(signalr_client(&gw, &u).await),
+        false => None,
+    };
     warm_up(&js, &u, &mut phone).await;
+    if let Some(b) = &mut browser {
+        b.invocation("AnalysisCompleted").await;
+    }
     let (tp, trace, producer_span) = producer_traceparent();
     let seq = publish_traced(&js, &u, Some(&tp)).await;
     assert_eq!(phone.seqs(1).await, vec![seq]);
+    if let Some(b) = &mut browser {
+        b.invocation("AnalysisCompleted").await;
+    }
     phone.ack(seq).await;
 
     let spans = receiver
@@ -119,8 +143,20 @@ async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str) {
     assert_eq!(deliver.attr("user.id"), Some(u.as_str()));
     assert_eq!(deliver.attr("event.seq"), Some(seq.to_string().as_str()));
     assert_eq!(deliver.attr("event.kind"), Some("analysis.completed"));
-    assert_eq!(deliver.attr("sockets"), Some("1"));
-    assert_eq!(deliver.attr("protocols"), Some("native-json"));
+    let (sockets, protocols) = match signalr {
+        true => ("2", "native-json,signalr-json"),
+        false => ("1", "native-json"),
+    };
+    assert_eq!(deliver.attr("sockets"), Some(sockets));
+    assert_eq!(deliver.attr("protocols"), Some(protocols));
+    let one_deliver = spans
+        .iter()
+        .filter(|s| s.name == "notify.deliver" && s.trace_id == trace);
+    assert_eq!(
+        one_deliver.count(),
+        1,
+        "one delivery span per event, not per socket"
+    );
     let delay: u64 = deliver
         .attr("delivery.delay_ms")
         .and_then(|d| d.parse().ok())
@@ -193,12 +229,12 @@ const QUIET_LOGS: &str = "warn,ziraai_gateway=info,ziraai_gateway::trace=warn,zi
 
 #[tokio::test]
 async fn a_producers_traceparent_gets_the_gateways_spans_over_grpc_even_with_rust_log_warn() {
-    producer_trace_lands(OtlpProtocol::Grpc, QUIET_LOGS).await;
+    producer_trace_lands(OtlpProtocol::Grpc, QUIET_LOGS, false).await;
 }
 
 #[tokio::test]
-async fn a_producers_traceparent_gets_the_gateways_spans_over_http_protobuf() {
-    producer_trace_lands(OtlpProtocol::HttpProtobuf, "info").await;
+async fn a_producers_traceparent_gets_the_gateways_spans_over_http_protobuf_with_signalr_too() {
+    producer_trace_lands(OtlpProtocol::HttpProtobuf, "info", true).await;
 }
 
 /// (c): at ratio 0 no root span is sampled; deliveries go on. The barrier: a later

@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use serde_json::json;
 use ziraai_e2e::*;
 
-use super::{SPANS, gateway_with, otel_vars, warm_up};
+use super::{SPANS, gateway_with, otel_vars, signalr_client, warm_up};
 
 #[tokio::test]
 async fn a_job_delivered_to_native_and_signalr_sockets_is_one_trace_up_to_the_ack() {
@@ -22,14 +22,7 @@ async fn a_job_delivered_to_native_and_signalr_sockets_is_one_trace_up_to_the_ac
     let _worker = ServiceProcess::worker(&nats, &analyzer.url, &extra).await;
     let u = user("onetrace");
     let (mut phone, _) = WsClient::resume(&gw.ws_url(), &u, "deviceId=phone").await;
-    let mut browser = JsClient::start(JsOptions {
-        url: format!("http://{}{}", gw.addr(), ziraai_gateway::signalr::HUB_PATH),
-        token: token(&u),
-        protocol: "json",
-        ..JsOptions::default()
-    })
-    .await;
-    browser.expect("connected").await;
+    let mut browser = signalr_client(&gw, &u).await;
     let js = jetstream::new(nats.client().await);
     // Both sockets live (see `warm_up`): the job's event reaches them through the hub.
     warm_up(&js, &u, &mut phone).await;
