@@ -177,7 +177,6 @@ struct RuleFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleGroup {
-    #[allow(dead_code)]
     name: String,
     rules: Vec<AlertRule>,
 }
@@ -188,7 +187,6 @@ struct AlertRule {
     alert: String,
     expr: String,
     #[serde(rename = "for")]
-    #[allow(dead_code)]
     for_: String,
     labels: std::collections::BTreeMap<String, String>,
     annotations: std::collections::BTreeMap<String, String>,
@@ -214,12 +212,12 @@ fn assert_contract(exprs: &[(String, String)]) {
             }
         }
         for (label, value) in promql::equality_matchers(expr) {
-            if let Some((_, allowed)) = LABEL_VALUES.iter().find(|(l, _)| *l == label) {
-                if !allowed.contains(&value.as_str()) {
-                    problems.push(format!(
-                        "{place}: {label}=\"{value}\" is not one of {allowed:?}"
-                    ));
-                }
+            if let Some((_, allowed)) = LABEL_VALUES.iter().find(|(l, _)| *l == label)
+                && !allowed.contains(&value.as_str())
+            {
+                problems.push(format!(
+                    "{place}: {label}=\"{value}\" is not one of {allowed:?}"
+                ));
             }
         }
     }
@@ -236,11 +234,20 @@ fn is_exported(name: &str) -> bool {
 
 #[test]
 fn alert_rules_are_the_required_ones_over_exported_metrics() {
-    let rules: Vec<AlertRule> = rule_file()
-        .groups
-        .into_iter()
-        .flat_map(|g| g.rules)
-        .collect();
+    let file = rule_file();
+    let groups: BTreeSet<&str> = file.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(groups.len(), file.groups.len(), "group names repeat");
+    // Every alert says how long it must hold, in minutes (`0m` on purpose for counters
+    // that should never move: forged messages, poison jobs).
+    for rule in file.groups.iter().flat_map(|g| &g.rules) {
+        assert!(
+            rule.for_.ends_with('m'),
+            "{}: for {:?}",
+            rule.alert,
+            rule.for_
+        );
+    }
+    let rules: Vec<AlertRule> = file.groups.into_iter().flat_map(|g| g.rules).collect();
     let names: BTreeSet<&str> = rules.iter().map(|r| r.alert.as_str()).collect();
     assert_eq!(names.len(), rules.len(), "alert names repeat");
     for required in REQUIRED_ALERTS {

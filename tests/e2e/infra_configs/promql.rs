@@ -70,10 +70,10 @@ pub(super) fn equality_matchers(expr: &str) -> Vec<(String, String)> {
         if in_selector {
             // The text before a literal ends with `label=` for an equality matcher.
             let tail = text.rsplit([',', '{']).next().unwrap_or_default().trim();
-            if let Some(label) = tail.strip_suffix('=') {
-                if !label.ends_with(['!', '=', '~']) {
-                    pending_label = Some(label.trim().to_owned());
-                }
+            if let Some(label) = tail.strip_suffix('=')
+                && !label.ends_with(['!', '=', '~'])
+            {
+                pending_label = Some(label.trim().to_owned());
             }
         }
     }
