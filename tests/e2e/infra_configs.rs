@@ -287,6 +287,25 @@ fn alert_rules_are_the_required_ones_over_exported_metrics() {
     );
 }
 
+/// Panels (and rows) of the 24-column grid never cover the same cell.
+fn assert_no_overlap(panels: &Value) {
+    let mut cells = BTreeSet::new();
+    for panel in panels.as_array().into_iter().flatten() {
+        let g = &panel["gridPos"];
+        let at = |k: &str| g[k].as_u64().unwrap_or(0);
+        assert!(at("w") > 0 && at("h") > 0 && at("x") + at("w") <= 24, "{g}");
+        for x in at("x")..at("x") + at("w") {
+            for y in at("y")..at("y") + at("h") {
+                assert!(
+                    cells.insert((x, y)),
+                    "{} overlaps another panel",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
+
 /// Every panel of the dashboard with its queries (rows may nest panels).
 fn panels(list: &Value, out: &mut Vec<Value>) {
     for panel in list.as_array().into_iter().flatten() {
@@ -316,6 +335,7 @@ fn dashboard_is_importable_and_queries_exported_metrics() {
     let mut all = Vec::new();
     panels(&dash["panels"], &mut all);
     let ids: BTreeSet<u64> = all.iter().filter_map(|p| p["id"].as_u64()).collect();
+    assert_no_overlap(&dash["panels"]);
     assert_eq!(ids.len(), all.len(), "panel ids missing or repeated");
     let mut exprs = Vec::new();
     for panel in &all {
