@@ -62,6 +62,7 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
     ),
     ("path", &["live", "replay", "gap_fill"]),
     ("result", &["ok", "error"]),
+    ("reason", &["malformed", "forged"]),
     (
         "outcome",
         &["completed", "failed", "retried", "poison", "handed_back"],
