@@ -213,7 +213,7 @@ impl App {
         };
         let opts = serve::ServeOptions {
             header_timeout: state.cfg.header_timeout,
-            trusted_proxies: state.cfg.trusted_proxies.clone().into(),
+            trusted_proxies: Arc::new(state.cfg.trusted_proxies.clone()),
             grace: state.cfg.shutdown_grace,
         };
         // The loop stops when the signal has cancelled `shutdown`, so both end.
