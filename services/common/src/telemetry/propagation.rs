@@ -12,7 +12,7 @@ use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Writes `span`'s trace context into `headers` (`traceparent`, and `tracestate` when
-/// there is one). Writes nothing when `span` carries no valid trace context (no
+/// it is not empty). Writes nothing when `span` carries no valid trace context (no
 /// OpenTelemetry layer, or a span that is disabled).
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let cx = span.context();
@@ -31,7 +31,10 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        // The W3C propagator writes `tracestate` even when empty: a header for nothing.
+        if !value.is_empty() {
+            self.0.insert(key, value.as_str());
+        }
     }
 }
 
@@ -70,6 +73,7 @@ mod tests {
             let traceparent = headers.get("traceparent").map(|v| v.as_str().to_owned());
             let expected = format!("00-{}-{}-01", sent.trace_id(), sent.span_id());
             assert_eq!(traceparent.as_deref(), Some(expected.as_str()));
+            assert!(headers.get("tracestate").is_none(), "no empty tracestate");
 
             let got = extract(&headers);
             let got = got.span().span_context().clone();
@@ -82,6 +86,25 @@ mod tests {
             let child = tracing::info_span!("notify.deliver");
             child.set_parent(extract(&headers)).expect("parent set");
             assert_eq!(child.context().span().span_context().trace_id(), sent.trace_id());
+
+            // A producer's `tracestate` travels on with its trace.
+            let mut theirs = HeaderMap::new();
+            let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            theirs.insert("traceparent", parent);
+            theirs.insert("tracestate", "vendor=abc");
+            let ours = tracing::info_span!("job");
+            ours.set_parent(extract(&theirs)).expect("parent set");
+            let mut out = HeaderMap::new();
+            inject(&ours, &mut out);
+            let out_parent = out.get("traceparent").map(|v| v.as_str().to_owned());
+            assert!(
+                out_parent
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+                        && p != parent),
+                "{out_parent:?}"
+            );
+            assert_eq!(out.get("tracestate").map(|v| v.as_str()), Some("vendor=abc"));
         });
     }
 
