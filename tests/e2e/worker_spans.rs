@@ -169,7 +169,11 @@ async fn a_job_is_one_trace_of_job_analyzer_call_and_publish() {
 
     let jobs = rec.wait_jobs(&id, 1).await;
     let job = &jobs[0];
-    assert_eq!(job.parent_span_id, SpanId::INVALID, "a job without traceparent starts a trace");
+    assert_eq!(
+        job.parent_span_id,
+        SpanId::INVALID,
+        "a job without traceparent starts a trace"
+    );
     attrs(
         job,
         &[
@@ -183,7 +187,11 @@ async fn a_job_is_one_trace_of_job_analyzer_call_and_publish() {
     assert_eq!(job.status, Status::Unset);
 
     let call = rec.child(job, "analyzer.call");
-    let port = analyzer.url.split(':').nth(2).and_then(|p| p.split('/').next());
+    let port = analyzer
+        .url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next());
     attrs(
         &call,
         &[
@@ -243,7 +251,10 @@ async fn a_job_carrying_traceparent_continues_that_trace() {
 
     let jobs = rec.wait_jobs(&id, 1).await;
     let job = &jobs[0];
-    assert_eq!(job.span_context.trace_id(), TraceId::from_hex(trace).expect("hex"));
+    assert_eq!(
+        job.span_context.trace_id(),
+        TraceId::from_hex(trace).expect("hex")
+    );
     assert_eq!(job.parent_span_id, SpanId::from_hex(parent).expect("hex"));
     assert!(job.parent_span_is_remote);
     rec.child(job, "analyzer.call");
@@ -268,11 +279,17 @@ async fn submit_job_starts_the_trace_the_worker_continues() {
     let submit: Vec<_> = rec
         .spans()
         .into_iter()
-        .filter(|s| s.name == "job.submit" && attr(s, "messaging.message.id").as_deref() == Some(id.as_str()))
+        .filter(|s| {
+            s.name == "job.submit"
+                && attr(s, "messaging.message.id").as_deref() == Some(id.as_str())
+        })
         .collect();
     assert_eq!(submit.len(), 1, "{submit:#?}");
     assert_eq!(jobs[0].parent_span_id, submit[0].span_context.span_id());
-    assert_eq!(jobs[0].span_context.trace_id(), submit[0].span_context.trace_id());
+    assert_eq!(
+        jobs[0].span_context.trace_id(),
+        submit[0].span_context.trace_id()
+    );
 }
 
 #[tokio::test]
@@ -295,8 +312,15 @@ async fn rejected_and_retried_jobs_show_outcome_and_error_status() {
         jobs[0].status
     );
     let call = rec.child(&jobs[0], "analyzer.call");
-    attrs(&call, &[("http.response.status_code", "400"), ("error.type", "400")]);
-    assert!(matches!(call.status, Status::Error { .. }), "{:?}", call.status);
+    attrs(
+        &call,
+        &[("http.response.status_code", "400"), ("error.type", "400")],
+    );
+    assert!(
+        matches!(call.status, Status::Error { .. }),
+        "{:?}",
+        call.status
+    );
     // The failure is still published, in the job's trace.
     rec.child(&jobs[0], "notify.publish");
 
@@ -306,19 +330,32 @@ async fn rejected_and_retried_jobs_show_outcome_and_error_status() {
     submit_with(&js, &job(&flaky, "a-4", &user("spans")), HeaderMap::new()).await;
     let first = rec.wait_jobs(&flaky, 1).await;
     analyzer.behaviour.down.store(false, Ordering::SeqCst);
-    attrs(&first[0], &[("job.outcome", "retried"), ("job.attempt", "1")]);
-    assert!(matches!(first[0].status, Status::Error { .. }), "{:?}", first[0].status);
-    let call = rec.child(&first[0], "analyzer.call");
-    attrs(&call, &[("http.response.status_code", "503"), ("error.type", "503")]);
+    attrs(
+        &first[0],
+        &[("job.outcome", "retried"), ("job.attempt", "1")],
+    );
     assert!(
-        rec.spans()
-            .iter()
-            .all(|s| !(s.name == "notify.publish" && s.parent_span_id == first[0].span_context.span_id())),
+        matches!(first[0].status, Status::Error { .. }),
+        "{:?}",
+        first[0].status
+    );
+    let call = rec.child(&first[0], "analyzer.call");
+    attrs(
+        &call,
+        &[("http.response.status_code", "503"), ("error.type", "503")],
+    );
+    assert!(
+        rec.spans().iter().all(|s| !(s.name == "notify.publish"
+            && s.parent_span_id == first[0].span_context.span_id())),
         "nothing published on a retried attempt"
     );
     let both = rec.wait_jobs(&flaky, 2).await;
     let last = both.last().expect("two");
     attrs(last, &[("job.outcome", "completed"), ("job.attempt", "2")]);
-    assert_ne!(last.span_context.trace_id(), first[0].span_context.trace_id(), "each delivery its own trace");
+    assert_ne!(
+        last.span_context.trace_id(),
+        first[0].span_context.trace_id(),
+        "each delivery its own trace"
+    );
     assert_eq!(worker.probe.counters.retried.load(Ordering::Relaxed), 1);
 }

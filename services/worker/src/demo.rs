@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tracing::Instrument as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use ziraai_proto::UserId;
 
 /// Submits one analysis job to `jobs.analysis` and waits for the stream to store it,

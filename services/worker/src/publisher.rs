@@ -21,10 +21,10 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use tracing::Instrument as _;
-use tracing::field::Empty;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use ziraai_common::nats::NOTIFY_MAX_MESSAGE;
 use ziraai_proto::analysis::AnalysisOutcome;
 use ziraai_proto::envelope::EnvelopeError;
@@ -279,7 +279,10 @@ fn with_trace_context(span: &tracing::Span, event: &CheckedEvent) -> HeaderMap {
     if fits(&without_state) {
         return without_state;
     }
-    tracing::debug!(event_id = event.event_id(), "event at the size limit: sent without trace context");
+    tracing::debug!(
+        event_id = event.event_id(),
+        "event at the size limit: sent without trace context"
+    );
     event.headers.clone()
 }
 

@@ -85,7 +85,10 @@ mod tests {
             // A child parented to the extracted context continues the trace.
             let child = tracing::info_span!("notify.deliver");
             child.set_parent(extract(&headers)).expect("parent set");
-            assert_eq!(child.context().span().span_context().trace_id(), sent.trace_id());
+            assert_eq!(
+                child.context().span().span_context().trace_id(),
+                sent.trace_id()
+            );
 
             // A producer's `tracestate` travels on with its trace.
             let mut theirs = HeaderMap::new();
@@ -98,13 +101,15 @@ mod tests {
             inject(&ours, &mut out);
             let out_parent = out.get("traceparent").map(|v| v.as_str().to_owned());
             assert!(
-                out_parent
-                    .as_deref()
-                    .is_some_and(|p| p.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-                        && p != parent),
+                out_parent.as_deref().is_some_and(|p| p
+                    .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+                    && p != parent),
                 "{out_parent:?}"
             );
-            assert_eq!(out.get("tracestate").map(|v| v.as_str()), Some("vendor=abc"));
+            assert_eq!(
+                out.get("tracestate").map(|v| v.as_str()),
+                Some("vendor=abc")
+            );
         });
     }
 
