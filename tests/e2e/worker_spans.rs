@@ -1,7 +1,7 @@
 //! The worker's spans, exported in-process to an in-memory exporter: a job is a `job`
 //! span with `analyzer.call` and `notify.publish` children, the published event carries
 //! the job's trace in `traceparent`, a job message's own `traceparent` is continued,
-//! and failures show in `job.outcome` and the span status.
+//! and failures (rejected, retried, poison) show in `job.outcome` and the span status.
 //!
 //! The subscriber is this test's thread default (tests share one process), so the
 //! worker runs on the test's current-thread runtime: every task it spawns is polled on
@@ -358,4 +358,27 @@ async fn rejected_and_retried_jobs_show_outcome_and_error_status() {
         "each delivery its own trace"
     );
     assert_eq!(worker.probe.counters.retried.load(Ordering::Relaxed), 1);
+
+    // Poison (not JSON): terminated, and the span says so.
+    let msg = async_nats::jetstream::message::PublishMessage::build()
+        .payload("not json".into())
+        .message_id(nuid::next().to_string());
+    let ack = within(
+        "submit",
+        js.send_publish(ziraai_common::nats::JOBS_SUBJECT, msg),
+    )
+    .await
+    .expect("sent");
+    within("stored", ack.into_future()).await.expect("stored");
+    let poison =
+        |s: &SpanData| s.name == "job" && attr(s, "job.outcome").as_deref() == Some("poison");
+    wait_until("poison job span", || rec.spans().iter().any(poison)).await;
+    let spans = rec.spans();
+    let span = spans.iter().find(|s| poison(s)).expect("found");
+    assert!(
+        matches!(&span.status, Status::Error { description } if description.contains("not a JSON object")),
+        "{:?}",
+        span.status
+    );
+    assert_eq!(attr(span, "job.id"), None, "a poison job has no id to show");
 }
