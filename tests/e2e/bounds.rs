@@ -338,3 +338,46 @@ async fn a_hub_frame_flood_gets_a_close_message_rate_limited() {
     );
     assert_eq!(code, Some(1000));
 }
+
+#[tokio::test]
+async fn an_ack_whose_body_never_arrives_is_answered_408_within_the_header_timeout() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[("ZIRAAI_GATEWAY_HEADER_TIMEOUT", "1s")],
+    ))
+    .await;
+    let u = user("body");
+    let mut s = within("connect", TcpStream::connect(gw.addr))
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /api/v1/notifications/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"deviceId\"",
+        token(&u)
+    );
+    within("send", s.write_all(head.as_bytes()))
+        .await
+        .expect("sent");
+    // The rest of the announced body never comes: the gateway answers and lets go.
+    let mut answer = Vec::new();
+    within("the answer", s.read_to_end(&mut answer))
+        .await
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    // Without a token the body is never read at all: 401 at once.
+    let mut s = within("connect", TcpStream::connect(gw.addr))
+        .await
+        .expect("connects");
+    let head = "POST /api/v1/notifications/ack HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+    within("send", s.write_all(head.as_bytes()))
+        .await
+        .expect("sent");
+    let mut buf = [0u8; 512];
+    let n = within("401", s.read(&mut buf)).await.expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
