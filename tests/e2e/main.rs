@@ -26,3 +26,4 @@ mod token_life;
 mod watch_cli;
 mod worker;
 mod worker_outcomes;
+mod worker_spans;

@@ -1,6 +1,10 @@
 //! Logging set-up: JSON lines in staging and production, readable text in development.
 //! `RUST_LOG` filters (default `info` for services, `warn` for one-shot commands). Tokens and secrets are never logged: the
 //! configuration types keep them in `SecretString`, which does not print.
+//! Trace context crosses NATS in W3C headers ([`propagation`]).
+
+pub mod propagation;
+pub use propagation::{extract, inject};
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +23,10 @@ pub fn init_cli(format: LogFormat) {
 }
 
 fn init_at(format: LogFormat, default_level: &str) {
+    // W3C `traceparent`/`tracestate` in NATS headers (see [`propagation`]).
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
