@@ -11,6 +11,7 @@ mod demo_page;
 mod durable;
 mod forged;
 mod lifecycle;
+mod metrics;
 mod permissions;
 mod polling;
 mod processes;

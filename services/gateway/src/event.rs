@@ -10,8 +10,8 @@
 //! and logged with its sequence, and never stalls a user's stream.
 
 use std::sync::OnceLock;
-use std::time::SystemTime;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_nats::HeaderMap;
 use axum::extract::ws::Message;
@@ -235,7 +235,11 @@ mod tests {
         h.append("Nats-Time-Stamp", "2026-11-25T10:00:01.5Z");
         let stored = Event::decode(2, 1, Some(&h), body);
         assert_eq!(stored.published, parse_time("2026-11-25T10:00:01.5Z"));
-        assert!(stored.since_published().is_some_and(|d| d > std::time::Duration::ZERO));
+        assert!(
+            stored
+                .since_published()
+                .is_some_and(|d| d > std::time::Duration::ZERO)
+        );
         let none = Event::decode(3, 2, None, br#"{"kind":"a.b","data":{}}"#);
         assert_eq!((none.published, none.since_published()), (None, None));
     }

@@ -167,8 +167,7 @@ async fn metrics(
         stats: app.stats.clone(),
         conn_limit: app.conn_limit.clone(),
         users: app.hub.users(),
-        nats_connected: app.client.connection_state()
-            == async_nats::connection::State::Connected,
+        nats_connected: app.client.connection_state() == async_nats::connection::State::Connected,
         ready,
         max_connections: app.cfg.max_connections,
     });

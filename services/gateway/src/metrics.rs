@@ -138,7 +138,12 @@ impl Instruments {
 
     /// One cursor write, saved or failed.
     pub fn cursor_write(&self, ok: bool) {
-        if ok { &self.cursor_ok } else { &self.cursor_error }.inc();
+        if ok {
+            &self.cursor_ok
+        } else {
+            &self.cursor_error
+        }
+        .inc();
     }
 
     /// Events written by `path` so far (tests).
@@ -150,27 +155,27 @@ impl Instruments {
     fn register(&self, r: &mut Registry) {
         r.register(
             "ziraai_delivery_latency_seconds",
-            "Time from an event's publish (the stream's timestamp, else occurredAt) to its write on a socket, live and gap-fill writes.",
+            "Time from an event's publish (the stream's timestamp, else occurredAt) to its write on a socket, live and gap-fill writes",
             self.latency.clone(),
         );
         r.register(
             "ziraai_gateway_connections",
-            "Open sockets by protocol.",
+            "Open sockets by protocol",
             self.connections.clone(),
         );
         r.register(
             "ziraai_gateway_events",
-            "Events written to sockets, by path (live, replay on resume, gap_fill while live).",
+            "Events written to sockets, by path (live, replay on resume, gap_fill while live)",
             self.events.clone(),
         );
         r.register(
             "ziraai_gateway_acks",
-            "Acks received from devices (native ack frames, SignalR Ack invocations, polling acks excluded).",
+            "Acks received from devices (native ack frames, SignalR Ack invocations, polling acks excluded)",
             self.acks.clone(),
         );
         r.register(
             "ziraai_gateway_cursor_writes",
-            "Device cursor writes to the CURSORS bucket, by result (ok, error).",
+            "Device cursor writes to the CURSORS bucket, by result (ok, error)",
             self.cursor_writes.clone(),
         );
     }
@@ -207,15 +212,15 @@ impl Collector for Scrape {
         )?;
         encode_gauge(
             &mut e,
-            ("ziraai_gateway_nats_connected", "1 while connected to NATS."),
+            (
+                "ziraai_gateway_nats_connected",
+                "1 while connected to NATS.",
+            ),
             i64::from(self.nats_connected),
         )?;
         encode_gauge(
             &mut e,
-            (
-                "ziraai_gateway_ready",
-                "1 while /health/ready answers 200.",
-            ),
+            ("ziraai_gateway_ready", "1 while /health/ready answers 200."),
             i64::from(self.ready),
         )?;
         encode_gauge(
@@ -233,7 +238,10 @@ impl Collector for Scrape {
                 "Events never delivered, by reason: malformed (not a valid envelope), forged (a live message matching no stored event).",
             ),
             "reason",
-            &[("malformed", get(&st.malformed)), ("forged", get(&st.forged))],
+            &[
+                ("malformed", get(&st.malformed)),
+                ("forged", get(&st.forged)),
+            ],
         )?;
         for (name, help, value) in [
             (
