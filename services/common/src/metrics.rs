@@ -98,7 +98,7 @@ pub const ANALYZER_LATENCY_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// A histogram with `buckets` (a `fn` so a [`Family`] can build its children).
+/// A delivery latency histogram (a `fn`, so a [`Family`] can build its children).
 ///
 /// [`Family`]: prometheus_client::metrics::family::Family
 pub fn delivery_histogram() -> Histogram {
