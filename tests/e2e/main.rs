@@ -10,6 +10,7 @@ mod delivery;
 mod demo_page;
 mod durable;
 mod forged;
+mod infra_configs;
 mod lifecycle;
 mod metrics;
 mod permissions;

@@ -200,3 +200,27 @@ async fn the_analyzer_histogram_counts_every_call() {
     assert_eq!(m.value("ziraai_worker_breaker_open", &[]), Some(0.0));
     assert_eq!(m.value("ziraai_worker_ready", &[]), Some(1.0));
 }
+
+#[tokio::test]
+async fn every_metric_and_label_value_of_the_infra_rules_is_served() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start(&nats).await;
+    let analyzer = TestAnalyzer::start(Behaviour::default()).await;
+    let worker = TestWorker::start(worker_config(&nats, &analyzer, &[])).await;
+    let (g, w) = (scrape(gw.addr).await, scrape(worker.health).await);
+    for name in crate::infra_configs::EXPORTED {
+        assert!(
+            g.families().chain(w.families()).any(|f| f == *name),
+            "{name} is named by infra/telemetry but not served"
+        );
+    }
+    let samples = || g.samples.keys().chain(w.samples.keys());
+    for (key, values) in crate::infra_configs::LABEL_VALUES {
+        for value in *values {
+            assert!(
+                samples().any(|(_, labels)| labels.get(*key).map(String::as_str) == Some(value)),
+                "{key}=\"{value}\" is not served"
+            );
+        }
+    }
+}

@@ -286,8 +286,9 @@ where
     }
 
     async fn inbound(&mut self, incoming: Option<Result<Message, E>>) -> Step {
-        if matches!(&incoming, Some(Ok(m)) if !matches!(m, Message::Close(_)))
-            && !self.frames.take()
+        if let Some(Ok(m)) = &incoming
+            && !matches!(m, Message::Close(_))
+            && !self.frames.take_n(self.d.cost(m))
         {
             return Err(Stop::Close(CloseReason::RateLimited));
         }
