@@ -280,7 +280,10 @@ fn targets_are_pascal_case_of_the_kind() {
 #[test]
 fn frames_cost_as_many_messages_as_they_carry() {
     assert_eq!(count_messages(HubProtocol::Json, b"{\"type\":6}\x1e"), 1);
-    assert_eq!(count_messages(HubProtocol::Json, &b"{\"type\":6}\x1e".repeat(7)), 7);
+    assert_eq!(
+        count_messages(HubProtocol::Json, &b"{\"type\":6}\x1e".repeat(7)),
+        7
+    );
     // A frame without a separator still costs one.
     assert_eq!(count_messages(HubProtocol::Json, b"{}"), 1);
     let mut batch = Vec::new();
