@@ -18,7 +18,7 @@ use ziraai_e2e::{within_for, workspace_dir};
 
 /// The metric families both services export (README, "Telemetry"), as written in the
 /// Prometheus text: counters with `_total`, histograms by their base name.
-const EXPORTED: &[&str] = &[
+pub(crate) const EXPORTED: &[&str] = &[
     // gateway
     "ziraai_delivery_latency_seconds",
     "ziraai_gateway_connections",
@@ -50,7 +50,7 @@ const HISTOGRAMS: &[&str] = &[
 ];
 
 /// Label values the contract fixes; a selector with another value matches nothing.
-const LABEL_VALUES: &[(&str, &[&str])] = &[
+pub(crate) const LABEL_VALUES: &[(&str, &[&str])] = &[
     (
         "protocol",
         &[

@@ -12,6 +12,7 @@ mod durable;
 mod forged;
 mod infra_configs;
 mod lifecycle;
+mod metrics;
 mod permissions;
 mod polling;
 mod processes;

@@ -9,6 +9,7 @@ mod keys;
 mod nats_server;
 mod node;
 mod process;
+pub mod prom;
 mod proxy;
 mod signalr;
 mod source;

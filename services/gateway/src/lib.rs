@@ -18,6 +18,7 @@ pub mod event;
 mod http;
 pub mod hub;
 mod live;
+pub mod metrics;
 mod request_auth;
 mod serve;
 pub mod session;

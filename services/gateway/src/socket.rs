@@ -246,6 +246,7 @@ impl Admitted {
             cursor: device.map(|d| (app.cursors.clone(), d)),
             tracking: app.tracking.clone(),
             connection_id: connection_id.clone(),
+            stats: app.stats.clone(),
         };
         let session = Session {
             limits: SessionLimits {
@@ -323,8 +324,11 @@ impl SocketStart {
             t.attach(&membership.ctl);
         }
         app.connections.fetch_add(1, Ordering::Relaxed);
+        let open = app.stats.metrics.connections(dialect.encoding());
+        open.inc();
         tracing::debug!(%connection_id, user = %user, "socket open");
         let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
+        open.dec();
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {
             app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

@@ -53,6 +53,8 @@ pub struct Counters {
     /// PubAcks with `duplicate: true`: the job's event was stored earlier (a redelivery
     /// after a lost job ack, or a publish retry whose first attempt was stored).
     pub duplicates: AtomicU64,
+    /// Duration of every analyzer call that ended (`/metrics` only).
+    pub analyzer_latency: crate::metrics::AnalyzerLatency,
 }
 
 /// How one delivery of a job ended, for its span: `job.outcome` (the outcomes of
@@ -235,13 +237,17 @@ impl Runner {
                 .await;
             return Ended::ok("handed_back");
         }
+        let called = std::time::Instant::now();
         let analysis = self.analyzer.analyze(&job.body);
         tokio::pin!(analysis);
         let every = self.progress_every;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let outcome = loop {
             tokio::select! {
-                o = &mut analysis => break o,
+                o = &mut analysis => {
+                    self.counters.analyzer_latency.observe(called.elapsed());
+                    break o;
+                }
                 _ = progress.tick() => {
                     let _ = msg.ack_with(AckKind::Progress).await;
                 }
