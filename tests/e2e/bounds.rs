@@ -154,6 +154,52 @@ async fn the_process_cap_refuses_sockets_with_503_and_health_still_answers() {
 }
 
 #[tokio::test]
+async fn hub_sockets_still_in_their_handshake_hold_a_place_in_the_cap() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[("ZIRAAI_GATEWAY_MAX_CONNECTIONS", "3")],
+    ))
+    .await;
+    // Three hub sockets upgraded but silent: no hub handshake yet, so no session.
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        let url = format!(
+            "ws://{}{}?access_token={}",
+            gw.addr,
+            ziraai_gateway::signalr::HUB_PATH,
+            token(&user(&format!("pending{i}")))
+        );
+        let (ws, _) = within(
+            "hub upgrade",
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .expect("upgraded");
+        pending.push(ws);
+    }
+    assert_eq!(gw.probe.connections(), 0, "no session has started");
+    let refused = WsClient::connect(&gw.ws_url(), Some(&token(&user("over"))), None)
+        .await
+        .err()
+        .expect("a fourth socket is refused while three handshakes hold their places");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"], "gateway_full");
+    // Giving up a handshake gives its place back.
+    drop(pending.pop());
+    within("a place freed", async {
+        loop {
+            match WsClient::connect(&gw.ws_url(), Some(&token(&user("later"))), None).await {
+                Ok(_) => return,
+                Err(r) => assert_eq!(r.status, 503),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_frame_flood_is_closed_with_rate_limited_1008() {
     let nats = NatsServer::start().await;
     let gw = TestGateway::start(&nats).await;

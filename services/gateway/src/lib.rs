@@ -76,6 +76,8 @@ pub(crate) struct AppState {
     /// Every socket session and user channel task.
     pub(crate) tracker: TaskTracker,
     pub(crate) connections: AtomicUsize,
+    /// Places taken in the process cap: open sockets and handshakes about to be.
+    pub(crate) slots: AtomicUsize,
     pub(crate) gateway_id: String,
     /// Who may read `/metrics`.
     pub(crate) metrics_allow: Vec<ziraai_common::metrics::IpRange>,
@@ -161,6 +163,7 @@ impl App {
             shutdown: CancellationToken::new(),
             tracker,
             connections: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
             gateway_id,
             demo,
             conn_limit,

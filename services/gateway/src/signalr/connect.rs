@@ -51,7 +51,7 @@ pub(crate) async fn upgrade(
     let entry = format!("{connection_id}-{}", nuid::next());
     let ticket = app.conn_limit.admit(&user, &entry).await?;
     let accepted = Accepted {
-        admitted: Admitted::new(app, user, device).until_expiry_of(&identity),
+        admitted: Admitted::new(app, user, device)?.until_expiry_of(&identity),
         connection_id,
         stateful,
         resuming,
