@@ -7,7 +7,7 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test fuzz bench nats-server signalr-client browser browser-client build lint fmt clean
+.PHONY: run test fuzz bench nats-server signalr-client browser browser-client promtool build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
@@ -17,7 +17,7 @@ run: nats-server
 TEST_BIN_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target)/debug)
 
 ## test: formatting, clippy (warnings denied), the binaries, then every unit and end-to-end test.
-test: nats-server signalr-client browser browser-client
+test: nats-server signalr-client browser browser-client promtool
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo build --workspace --bins --locked
@@ -49,6 +49,10 @@ $(SIGNALR_CLIENT): tests/signalr/package.json tests/signalr/package-lock.json
 ## browser: install Debian's chromium (apt) when missing, for the demo-page browser test.
 browser:
 	@infra/scripts/ensure-chromium.sh
+
+## promtool: install Debian's prometheus package (apt) when missing, for the infra/telemetry checks.
+promtool:
+	@infra/scripts/ensure-promtool.sh
 
 ## browser-client: install the pinned puppeteer-core (tests/browser, from its lock file; no browser download).
 BROWSER_CLIENT := tests/browser/node_modules/.package-lock.json

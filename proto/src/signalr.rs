@@ -184,6 +184,28 @@ pub fn parse_messages(
     }
 }
 
+/// How many hub messages one frame carries, counted without parsing them (0x1E
+/// separators for JSON, length prefixes for MessagePack; a malformed tail counts as
+/// one more): what a frame costs against the client's frame allowance.
+pub fn count_messages(protocol: HubProtocol, bytes: &[u8]) -> usize {
+    match protocol {
+        HubProtocol::Json => bytes.iter().filter(|b| **b == RS).count().max(1),
+        HubProtocol::MessagePack => {
+            let (mut n, mut rest) = (0, bytes);
+            while !rest.is_empty() {
+                n += 1;
+                match read_varint(rest) {
+                    Ok((len, used)) if used.saturating_add(len) <= rest.len() => {
+                        rest = &rest[used + len..];
+                    }
+                    _ => break,
+                }
+            }
+            n.max(1)
+        }
+    }
+}
+
 /// Splits and parses the JSON hub messages of one text frame.
 pub fn parse_json_messages(
     bytes: &[u8],

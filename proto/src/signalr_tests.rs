@@ -276,3 +276,25 @@ fn targets_are_pascal_case_of_the_kind() {
     assert_eq!(target_for_kind("crop.alert_raised"), "CropAlertRaised");
     assert_eq!(target_for_kind("x"), "X");
 }
+
+#[test]
+fn frames_cost_as_many_messages_as_they_carry() {
+    assert_eq!(count_messages(HubProtocol::Json, b"{\"type\":6}\x1e"), 1);
+    assert_eq!(
+        count_messages(HubProtocol::Json, &b"{\"type\":6}\x1e".repeat(7)),
+        7
+    );
+    // A frame without a separator still costs one.
+    assert_eq!(count_messages(HubProtocol::Json, b"{}"), 1);
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        write_varint(2, &mut batch);
+        batch.extend_from_slice(&[0x91, 0x06]);
+    }
+    assert_eq!(count_messages(HubProtocol::MessagePack, &batch), 5);
+    // A length prefix beyond the frame ends the count (the parser refuses the frame).
+    let mut bad = batch.clone();
+    write_varint(1000, &mut bad);
+    assert_eq!(count_messages(HubProtocol::MessagePack, &bad), 6);
+    assert_eq!(count_messages(HubProtocol::MessagePack, &[]), 1);
+}

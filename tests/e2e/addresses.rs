@@ -31,8 +31,13 @@ async fn forwarded_addresses_count_only_from_trusted_proxies_for_the_allow_list(
         assert_eq!(status(PROXY, path, xff).await, 200, "{path} via the proxy");
         assert_eq!(
             status(PROXY, path, forwarded).await,
-            200,
-            "{path}, RFC 7239"
+            403,
+            "{path}: the proxies write X-Forwarded-For; a Forwarded header is the client's own"
+        );
+        assert_eq!(
+            status(PROXY, path, &[("X-Forwarded-For", "unknown")]).await,
+            403,
+            "{path}: an unreadable hop is an unknown client, not the proxy"
         );
         assert_eq!(
             status(PROXY, path, &[]).await,
@@ -55,6 +60,38 @@ async fn forwarded_addresses_count_only_from_trusted_proxies_for_the_allow_list(
     // Liveness and readiness stay open to anyone.
     assert_eq!(status(STRANGER, "/health/live", &[]).await, 200);
     assert_eq!(status(STRANGER, "/health/ready", &[]).await, 200);
+}
+
+#[tokio::test]
+async fn proxies_writing_rfc_7239_forwarded_are_read_only_when_configured() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[
+            ("ZIRAAI_TRUSTED_PROXIES", "127.0.0.1"),
+            ("ZIRAAI_TRUSTED_PROXY_HEADER", "forwarded"),
+            ("ZIRAAI_METRICS_ALLOW", "198.51.100.9"),
+        ],
+    ))
+    .await;
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let addr = gw.addr;
+        async move {
+            request_from(PROXY, addr, "GET", "/metrics", headers)
+                .await
+                .status
+        }
+    };
+    let forwarded: &[(&str, &str)] = &[("Forwarded", "for=\"198.51.100.9:4711\";proto=https")];
+    assert_eq!(get(forwarded).await, 200, "RFC 7239 from the proxy");
+    let xff: &[(&str, &str)] = &[("X-Forwarded-For", "198.51.100.9")];
+    assert_eq!(
+        get(xff).await,
+        403,
+        "now X-Forwarded-For is the client's own"
+    );
+    let hidden: &[(&str, &str)] = &[("Forwarded", "for=_hidden")];
+    assert_eq!(get(hidden).await, 403, "an obfuscated hop is unknown");
 }
 
 #[tokio::test]

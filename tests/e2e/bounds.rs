@@ -154,6 +154,52 @@ async fn the_process_cap_refuses_sockets_with_503_and_health_still_answers() {
 }
 
 #[tokio::test]
+async fn hub_sockets_still_in_their_handshake_hold_a_place_in_the_cap() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[("ZIRAAI_GATEWAY_MAX_CONNECTIONS", "3")],
+    ))
+    .await;
+    // Three hub sockets upgraded but silent: no hub handshake yet, so no session.
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        let url = format!(
+            "ws://{}{}?access_token={}",
+            gw.addr,
+            ziraai_gateway::signalr::HUB_PATH,
+            token(&user(&format!("pending{i}")))
+        );
+        let (ws, _) = within(
+            "hub upgrade",
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .expect("upgraded");
+        pending.push(ws);
+    }
+    assert_eq!(gw.probe.connections(), 0, "no session has started");
+    let refused = WsClient::connect(&gw.ws_url(), Some(&token(&user("over"))), None)
+        .await
+        .err()
+        .expect("a fourth socket is refused while three handshakes hold their places");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"], "gateway_full");
+    // Giving up a handshake gives its place back.
+    drop(pending.pop());
+    within("a place freed", async {
+        loop {
+            match WsClient::connect(&gw.ws_url(), Some(&token(&user("later"))), None).await {
+                Ok(_) => return,
+                Err(r) => assert_eq!(r.status, 503),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_frame_flood_is_closed_with_rate_limited_1008() {
     let nats = NatsServer::start().await;
     let gw = TestGateway::start(&nats).await;
@@ -282,15 +328,16 @@ async fn polling_ack_and_admin_share_a_per_ip_limit_with_retry_after() {
     WsClient::open(&gw.ws_url(), &user("limited-socket")).await;
 }
 
-#[tokio::test]
-async fn a_hub_frame_flood_gets_a_close_message_rate_limited() {
-    let nats = NatsServer::start().await;
-    let gw = TestGateway::start(&nats).await;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A hub socket of a new user on `gw` after a JSON handshake.
+async fn hub_socket(gw: &TestGateway, prefix: &str) -> Ws {
     let url = format!(
         "ws://{}{}?access_token={}",
         gw.addr,
         ziraai_gateway::signalr::HUB_PATH,
-        token(&user("hub-flood"))
+        token(&user(prefix))
     );
     let (mut ws, _) = within(
         "hub connect",
@@ -302,15 +349,11 @@ async fn a_hub_frame_flood_gets_a_close_message_rate_limited() {
     within("handshake", ws.send(Message::Text(handshake.into())))
         .await
         .expect("sent");
-    for _ in 0..3000 {
-        if ws
-            .send(Message::Text("{\"type\":6}\u{1e}".into()))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
+    ws
+}
+
+/// Reads until the socket closes: the hub Close message seen, and the close code.
+async fn hub_close(ws: &mut Ws) -> (Option<serde_json::Value>, Option<u16>) {
     let (mut close, mut code) = (None, None);
     within("the hub's close", async {
         while let Some(Ok(m)) = ws.next().await {
@@ -332,9 +375,105 @@ async fn a_hub_frame_flood_gets_a_close_message_rate_limited() {
         }
     })
     .await;
+    (close, code)
+}
+
+#[tokio::test]
+async fn a_hub_frame_flood_gets_a_close_message_rate_limited() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start(&nats).await;
+    let mut ws = hub_socket(&gw, "hub-flood").await;
+    for _ in 0..3000 {
+        if ws
+            .send(Message::Text("{\"type\":6}\u{1e}".into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (close, code) = hub_close(&mut ws).await;
     assert_eq!(
         close,
         Some(serde_json::json!({"type": 7, "error": "rate_limited", "allowReconnect": true}))
     );
     assert_eq!(code, Some(1000));
+}
+
+#[tokio::test]
+async fn hub_messages_batched_in_one_frame_each_count_against_the_allowance() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start(&nats).await;
+    // A batch within the burst (1,000) is fine.
+    let mut fine = hub_socket(&gw, "hub-batch-ok").await;
+    let batch = "{\"type\":6}\u{1e}".repeat(500);
+    within("send a batch", fine.send(Message::Text(batch.into())))
+        .await
+        .expect("sent");
+    // One frame carrying 2,000 messages costs 2,000, not 1.
+    let mut ws = hub_socket(&gw, "hub-batch").await;
+    let batch = "{\"type\":6}\u{1e}".repeat(2000);
+    within("send one big batch", ws.send(Message::Text(batch.into())))
+        .await
+        .expect("sent");
+    let (close, code) = hub_close(&mut ws).await;
+    assert_eq!(
+        close,
+        Some(serde_json::json!({"type": 7, "error": "rate_limited", "allowReconnect": true}))
+    );
+    assert_eq!(code, Some(1000));
+    // The socket within its allowance stays open.
+    wait_until("only the well-behaved socket left", || {
+        gw.probe.connections() == 1
+    })
+    .await;
+    within(
+        "fine still writable",
+        fine.send(Message::Text("{\"type\":6}\u{1e}".into())),
+    )
+    .await
+    .expect("the well-behaved socket is still open");
+}
+
+#[tokio::test]
+async fn an_ack_whose_body_never_arrives_is_answered_408_within_the_header_timeout() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(
+        &nats,
+        &[("ZIRAAI_GATEWAY_HEADER_TIMEOUT", "1s")],
+    ))
+    .await;
+    let u = user("body");
+    let mut s = within("connect", TcpStream::connect(gw.addr))
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /api/v1/notifications/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"deviceId\"",
+        token(&u)
+    );
+    within("send", s.write_all(head.as_bytes()))
+        .await
+        .expect("sent");
+    // The rest of the announced body never comes: the gateway answers and lets go.
+    let mut answer = Vec::new();
+    within("the answer", s.read_to_end(&mut answer))
+        .await
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    // Without a token the body is never read at all: 401 at once.
+    let mut s = within("connect", TcpStream::connect(gw.addr))
+        .await
+        .expect("connects");
+    let head = "POST /api/v1/notifications/ack HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+    within("send", s.write_all(head.as_bytes()))
+        .await
+        .expect("sent");
+    let mut buf = [0u8; 512];
+    let n = within("401", s.read(&mut buf)).await.expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }

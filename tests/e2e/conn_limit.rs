@@ -209,6 +209,39 @@ async fn refuse_answers_429_and_counts_hub_sockets_with_native_ones() {
 }
 
 #[tokio::test]
+async fn sockets_sharing_one_negotiated_token_each_count() {
+    let nats = NatsServer::start().await;
+    let gw = TestGateway::start_with(gateway_config(&nats, &limit_vars("refuse", "5"))).await;
+    let u = user("reuse");
+    let (status, body) = http_request(
+        gw.addr,
+        "POST",
+        "/hubs/plantanalysis/negotiate?negotiateVersion=1",
+        Some(&token(&u)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let negotiated: Value = serde_json::from_str(&body).expect("negotiate JSON");
+    let id = negotiated["connectionToken"].as_str().expect("a token");
+    let url = format!("{}&id={id}", hub_ws_url(gw.addr, &u));
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let (ws, _) = within("hub websocket", tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("admitted within the limit");
+        open.push(ws);
+    }
+    // A sixth socket on the same token is one too many, like any other.
+    let refused = WsClient::connect(&url, None, None)
+        .await
+        .err()
+        .expect("the sixth socket on one token is refused");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body["error"], "too_many_connections");
+}
+
+#[tokio::test]
 async fn concurrent_handshakes_on_two_gateways_stay_within_the_limit() {
     let nats = NatsServer::start().await;
     let refuse = limit_vars("refuse", "3");

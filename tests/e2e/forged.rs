@@ -225,7 +225,7 @@ async fn forged_sequences_lose_fake_or_repeat_nothing() {
     assert_eq!(counted, 4);
     let (_, metrics) = gw.get("/metrics").await;
     assert!(
-        metrics.contains("ziraai_gateway_forged_live_messages_total"),
+        metrics.contains("ziraai_gateway_events_dropped_total{reason=\"forged\"} 4\n"),
         "{metrics}"
     );
 }

@@ -148,10 +148,11 @@ async fn metrics_are_served_to_allowed_addresses_only() {
     let (status, text) = gw.get("/metrics").await;
     assert_eq!(status, 200);
     for line in [
-        "ziraai_gateway_connections 1",
+        "ziraai_gateway_connections{protocol=\"native-json\"} 1",
         "ziraai_gateway_users 1",
         "ziraai_gateway_nats_connected 1",
-        "# TYPE ziraai_gateway_frames_queued_total counter",
+        "# TYPE ziraai_gateway_events_total counter",
+        "# TYPE ziraai_delivery_latency_seconds histogram",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }

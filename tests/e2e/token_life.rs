@@ -25,7 +25,7 @@ async fn a_native_socket_closes_with_token_expired_4001_after_exp_plus_leeway() 
     let gw = TestGateway::start_with(gateway_config(&nats, &[("ZIRAAI_JWT_LEEWAY", "1s")])).await;
     let u = user("exp");
     // A few seconds: enough to connect on a loaded machine, short for the test.
-    let exp = exp_of(3);
+    let exp = exp_of(6);
     let t = token_with(&json!({"userId": u.as_str(), "exp": exp}));
     let mut c = WsClient::connect(&gw.ws_url(), Some(&t), None)
         .await
@@ -71,7 +71,7 @@ async fn a_refresh_moves_the_expiry_and_the_socket_keeps_receiving() {
     let publisher = nats.publisher().await;
     for offer in [None, Some("ziraai.v1.msgpack")] {
         let u = user("refresh");
-        let old_exp = exp_of(3);
+        let old_exp = exp_of(6);
         let t = token_with(&json!({"userId": u.as_str(), "exp": old_exp}));
         let mut c = WsClient::connect(&gw.ws_url(), Some(&t), offer)
             .await
@@ -258,7 +258,7 @@ async fn the_signalr_client_gets_token_expired_and_reconnects_with_a_fresh_token
     let mut c = JsClient::start(JsOptions {
         url: gw.hub_url(),
         // Node starts before it connects: leave it time on a loaded machine.
-        token: short_token(&u, 6),
+        token: short_token(&u, 10),
         protocol: "json",
         reconnect: true,
         ..JsOptions::default()

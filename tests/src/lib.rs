@@ -10,6 +10,7 @@ mod nats_server;
 mod node;
 mod otlp;
 mod process;
+pub mod prom;
 mod proxy;
 mod signalr;
 mod source;

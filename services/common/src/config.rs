@@ -209,7 +209,37 @@ pub struct GatewayConfig {
     /// One such request allowance comes back every this long (per client IP).
     pub http_interval: Duration,
     /// Peers whose `Forwarded` / `X-Forwarded-For` names the client.
-    pub trusted_proxies: Vec<crate::metrics::IpRange>,
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// Proxies whose forwarded header names the client (`ZIRAAI_TRUSTED_PROXIES`), and
+/// which header that is (`ZIRAAI_TRUSTED_PROXY_HEADER`): only the one the proxies
+/// write is read, since a proxy passes the other through as the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    pub ranges: Vec<crate::metrics::IpRange>,
+    pub header: ForwardedHeader,
+}
+
+/// The forwarded header trusted proxies write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy `option forwardfor`, AWS ALB, Envoy).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// `x-forwarded-for` or `forwarded`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!("{other:?} is not x-forwarded-for or forwarded")),
+        }
+    }
 }
 
 /// A rate: `count` per `per` (`100/s`, `6000/m`).

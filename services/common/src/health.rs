@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use crate::metrics::IpRange;
 
-/// Content type of the Prometheus text exposition format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
+/// Content type of the Prometheus text exposition format (0.0.4), as the encoder's
+/// crate names it.
+const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// `GET /health/live`: the process answers.
 pub fn live() -> Response {

@@ -1,7 +1,16 @@
-//! Prometheus text exposition and the IP allow-list guarding `/metrics`.
+//! What both services' metrics share: the IP allow-list guarding `/metrics`, the
+//! latency histogram buckets, and helpers to encode values kept elsewhere (atomics
+//! also shown by `/health`) through `prometheus-client` at scrape time.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// An address or a CIDR range (`10.0.0.0/8`, `::1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,29 +84,80 @@ fn mask(net: u128, addr: u128, prefix: u8, bits: u32) -> bool {
     (net >> shift) == (addr >> shift)
 }
 
-/// Builds a Prometheus text exposition.
-#[derive(Default)]
-pub struct Exposition(String);
+/// One label of a metric family: `[(key, value)]`.
+pub type Label = [(&'static str, &'static str); 1];
 
-impl Exposition {
-    /// Adds one metric with its help line and type (`gauge` or `counter`).
-    pub fn metric(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        value: impl std::fmt::Display,
-    ) -> &mut Self {
-        let _ = writeln!(
-            self.0,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-        self
-    }
+/// Histogram buckets (seconds) for deliveries: 0.1 ms to 10 s, about 2.5x apart.
+pub const DELIVERY_LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.0)
+/// Histogram buckets (seconds) for analyzer calls: 1 ms to 60 s.
+pub const ANALYZER_LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// A delivery latency histogram (a `fn`, so a [`Family`] can build its children).
+///
+/// [`Family`]: prometheus_client::metrics::family::Family
+pub fn delivery_histogram() -> Histogram {
+    Histogram::new(DELIVERY_LATENCY_BUCKETS)
+}
+
+/// A histogram for analyzer calls.
+pub fn analyzer_histogram() -> Histogram {
+    Histogram::new(ANALYZER_LATENCY_BUCKETS)
+}
+
+/// Encodes one counter family whose values live elsewhere (atomics the service keeps
+/// for `/health` too), one sample per label value. Used by [`Collector`]s at scrape.
+///
+/// `name` is given without `_total` (the encoder adds it).
+///
+/// [`Collector`]: prometheus_client::collector::Collector
+pub fn encode_counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help): (&str, &str),
+    label_key: &'static str,
+    values: &[(&'static str, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        let label: Label = [(label_key, value)];
+        ConstCounter::new(*count).encode(family.encode_family(&label)?)?;
     }
+    Ok(())
+}
+
+/// Encodes one unlabelled counter whose value lives elsewhere.
+pub fn encode_counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help): (&str, &str),
+    value: u64,
+) -> std::fmt::Result {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+/// Encodes one unlabelled gauge read at scrape time.
+pub fn encode_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help): (&str, &str),
+    value: i64,
+) -> std::fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// The registry in the Prometheus text format (0.0.4), as `prometheus-client` writes it.
+pub fn encode_text(registry: &Registry) -> String {
+    let mut text = String::new();
+    if let Err(e) = prometheus_text::encode(&mut text, registry) {
+        // Only a failing writer errs, and a `String` does not fail.
+        tracing::error!(error = %e, "metrics not encoded");
+    }
+    text
 }
 
 #[cfg(test)]
@@ -131,14 +191,36 @@ mod tests {
         }
     }
 
+    #[derive(Debug)]
+    struct Kept(u64);
+
+    impl prometheus_client::collector::Collector for Kept {
+        fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+            encode_counter(&mut e, ("x", "Things."), self.0)?;
+            encode_counters(&mut e, ("y", "By kind."), "kind", &[("a", 1), ("b", 2)])?;
+            encode_gauge(&mut e, ("z", "Level."), -1)
+        }
+    }
+
     #[test]
-    fn exposition_format() {
-        let text = Exposition::default()
-            .metric("x_total", "counter", "Things.", 3)
-            .finish();
-        assert_eq!(
-            text,
-            "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n"
-        );
+    fn kept_values_encode_as_prometheus_text() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Kept(3)));
+        let h = delivery_histogram();
+        registry.register("lat_seconds", "Latency.", h.clone());
+        h.observe(0.002);
+        let text = encode_text(&registry);
+        for line in [
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n",
+            "y_total{kind=\"a\"} 1\ny_total{kind=\"b\"} 2\n",
+            "# TYPE z gauge\nz -1\n",
+            "lat_seconds_bucket{le=\"0.001\"} 0\n",
+            "lat_seconds_bucket{le=\"0.0025\"} 1\n",
+            "lat_seconds_bucket{le=\"+Inf\"} 1\n",
+            "lat_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
     }
 }

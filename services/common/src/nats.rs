@@ -56,8 +56,9 @@ pub const ADVISORIES_STREAM_JSON: &str = include_str!("../../../nats/streams/ADV
 pub const POISON_ADVISORY_SUBJECT: &str = "advisories.jobs.poison";
 /// Where `make run` starts its pinned nats-server (what the version error points to).
 pub const DEV_NATS_URL: &str = "nats://127.0.0.1:4333";
-/// Oldest server version we run on (stream RePublish, direct get, KV as used).
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+/// Oldest server version we run on (stream RePublish, direct get, KV as used, and the
+/// per-message TTL that makes the connection limit heal after a gateway dies).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
 
 /// Added to a failed create/update: service credentials may not manage streams.
 const PROVISION_HINT: &str = "when this credential may not manage streams, apply the definitions first with `ziraai-worker provision` and the operator credential";
@@ -76,7 +77,7 @@ pub enum NatsSetupError {
         source: std::io::Error,
     },
     #[error(
-        "NATS server {version} at {url} is older than {}.{}; this service needs JetStream RePublish and direct get. `make run` starts a pinned server on {DEV_NATS_URL}: set ZIRAAI_NATS_URL={DEV_NATS_URL} (or the URL of another NATS {}.{}+ server)",
+        "NATS server {version} at {url} is older than {}.{}; this service needs JetStream RePublish, direct get and per-message TTLs. `make run` starts a pinned server on {DEV_NATS_URL}: set ZIRAAI_NATS_URL={DEV_NATS_URL} (or the URL of another NATS {}.{}+ server)",
         MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
     )]
     TooOld { version: String, url: String },
@@ -295,14 +296,16 @@ mod tests {
         let e = version_supported("2.9.10".into(), url.clone()).expect_err("too old");
         assert_eq!(
             e.to_string(),
-            "NATS server 2.9.10 at nats://127.0.0.1:4222 is older than 2.10; this service needs \
-             JetStream RePublish and direct get. `make run` starts a pinned server on \
+            "NATS server 2.9.10 at nats://127.0.0.1:4222 is older than 2.11; this service needs \
+             JetStream RePublish, direct get and per-message TTLs. `make run` starts a pinned server on \
              nats://127.0.0.1:4333: set ZIRAAI_NATS_URL=nats://127.0.0.1:4333 (or the URL of \
-             another NATS 2.10+ server)"
+             another NATS 2.11+ server)"
         );
-        for ok in ["2.10.0", "v2.15.1", "2.11.0-beta.1", "3.0.0"] {
+        for ok in ["2.11.0", "v2.15.1", "2.12.0-beta.1", "3.0.0"] {
             assert!(version_supported(ok.into(), url.clone()).is_ok(), "{ok}");
         }
+        // 2.10 lacks per-message TTLs: the connection limit's self-healing needs them.
+        assert!(version_supported("2.10.22".into(), url.clone()).is_err());
         assert!(version_supported("1.99.0".into(), url).is_err());
     }
 

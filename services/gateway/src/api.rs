@@ -97,20 +97,40 @@ pub(crate) struct AckBody {
 /// device's cursor (the same one socket acks advance), never backwards and never past
 /// the user's latest event: a `seq` beyond it (up to u64::MAX) is clamped to it, so the
 /// cursor never exceeds the stream's last sequence.
+/// Largest HTTP ack body: a device id and a sequence.
+const MAX_ACK_BODY: usize = 1024;
+
 pub(crate) async fn ack(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Json<AckBody>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // Authenticate before reading the body, and read it bounded in size and time: a
+    // client that announces a body and never sends it is not held past the header
+    // timeout (the slowloris of request bodies).
     let identity = authenticate(&app, &headers, &query)?;
-    let Json(body) = body.map_err(|e| {
+    let read = axum::body::to_bytes(body, MAX_ACK_BODY);
+    let bytes = match tokio::time::timeout(app.cfg.header_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body could not be read (at most {MAX_ACK_BODY} bytes): {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            ));
+        }
+    };
+    let body: AckBody = serde_json::from_slice(&bytes).map_err(|e| {
         let hint = "expected {\"deviceId\": \"…\", \"seq\": n}";
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("{hint}: {}", e.body_text()),
-        )
+        refuse(StatusCode::BAD_REQUEST, "bad_body", format!("{hint}: {e}"))
     })?;
     let device = DeviceId::parse(&body.device_id).map_err(|e| {
         refuse(

@@ -20,6 +20,8 @@ pub(crate) struct NatsBackend {
     /// Device id, or `conn-<connectionId>` without one (tracking key).
     pub(crate) device_label: Arc<str>,
     pub(crate) connection_id: Arc<str>,
+    /// Where cursor writes are counted.
+    pub(crate) stats: Arc<crate::event::Stats>,
 }
 
 impl Backend for NatsBackend {
@@ -35,10 +37,12 @@ impl Backend for NatsBackend {
     }
 
     async fn save_cursor(&self, seq: u64) {
-        if let Some((cursors, device)) = &self.cursor
-            && let Err(e) = cursors.advance(&self.user, device, seq).await
-        {
-            tracing::warn!(user = %self.user, device = %device, seq, error = %e, "cursor not saved");
+        if let Some((cursors, device)) = &self.cursor {
+            let saved = cursors.advance(&self.user, device, seq).await;
+            self.stats.metrics.cursor_write(saved.is_ok());
+            if let Err(e) = saved {
+                tracing::warn!(user = %self.user, device = %device, seq, error = %e, "cursor not saved");
+            }
         }
     }
 

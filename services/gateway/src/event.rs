@@ -11,6 +11,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_nats::HeaderMap;
 use axum::extract::ws::Message;
@@ -59,6 +60,8 @@ pub struct Stats {
     /// Live messages that matched no stored event of their user (forged or
     /// unverifiable): never delivered.
     pub forged: AtomicU64,
+    /// The `/metrics` instruments of the delivery path (latency, events by path...).
+    pub metrics: crate::metrics::Instruments,
 }
 
 impl Stats {
@@ -89,6 +92,9 @@ pub struct Event {
     pub last_seq: u64,
     /// `None` for a malformed message: sockets skip it but move past it.
     pub frame: Option<ServerFrame>,
+    /// When it was published: the server's `Nats-Time-Stamp` of the stored message,
+    /// else the envelope's `occurredAt` (the start of `ziraai_delivery_latency_seconds`).
+    pub published: Option<SystemTime>,
     /// One lazily encoded message per [`Encoding`].
     encoded: [OnceLock<Message>; 4],
     /// The publisher's trace context, the store time and the delivery span.
@@ -101,8 +107,14 @@ impl Event {
         let header = |name: &str| hdrs.and_then(|h| h.get(name)).map(|v| v.as_str());
         let decoded = PayloadEncoding::from_content_type(header(headers::CONTENT_TYPE))
             .and_then(|enc| Envelope::decode(body, enc));
+        let mut published = hdrs
+            .and_then(|h| h.get_last("Nats-Time-Stamp"))
+            .and_then(|v| parse_time(v.as_str()));
         let frame = match decoded {
             Ok(envelope) => {
+                if published.is_none() {
+                    published = envelope.occurred_at.as_deref().and_then(parse_time);
+                }
                 let id = header("Nats-Msg-Id")
                     .filter(|s| !s.is_empty())
                     .map_or_else(|| seq.to_string(), str::to_owned);
@@ -123,9 +135,17 @@ impl Event {
             seq,
             last_seq,
             frame,
+            published,
             encoded: Default::default(),
-            trace: crate::trace::EventTrace::from_headers(hdrs),
+            trace: crate::trace::EventTrace::from_headers(hdrs, published),
         }
+    }
+
+    /// Time from publish to now (zero when the clocks disagree); `None` without a
+    /// publish time.
+    pub fn since_published(&self) -> Option<std::time::Duration> {
+        let at = self.published?;
+        Some(SystemTime::now().duration_since(at).unwrap_or_default())
     }
 
     /// The event encoded for `encoding` (encoded on first use, then shared by every
@@ -152,6 +172,13 @@ impl Event {
             .clone(),
         )
     }
+}
+
+/// An RFC 3339 timestamp (the server's `Nats-Time-Stamp`, an envelope's `occurredAt`).
+fn parse_time(raw: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
 /// A native frame in the WebSocket frame type of `protocol`: text for JSON, binary for
@@ -196,6 +223,28 @@ mod tests {
         }
         let bad = Event::decode(7, 6, None, b"{oops");
         assert!(bad.frame.is_none() && bad.encoded(Encoding::Native(Protocol::Json)).is_none());
+    }
+
+    #[test]
+    fn the_publish_time_is_the_servers_else_the_envelopes() {
+        let body = br#"{"kind":"a.b","data":{},"occurredAt":"2026-11-25T10:00:00Z"}"#;
+        let envelope_only = Event::decode(1, 0, None, body);
+        let occurred = parse_time("2026-11-25T10:00:00Z");
+        assert!(occurred.is_some());
+        assert_eq!(envelope_only.published, occurred);
+        let mut h = HeaderMap::new();
+        // A producer's own value comes first; the server appends its own last.
+        h.append("Nats-Time-Stamp", "2020-01-01T00:00:00Z");
+        h.append("Nats-Time-Stamp", "2026-11-25T10:00:01.5Z");
+        let stored = Event::decode(2, 1, Some(&h), body);
+        assert_eq!(stored.published, parse_time("2026-11-25T10:00:01.5Z"));
+        assert!(
+            stored
+                .since_published()
+                .is_some_and(|d| d > std::time::Duration::ZERO)
+        );
+        let none = Event::decode(3, 2, None, br#"{"kind":"a.b","data":{}}"#);
+        assert_eq!((none.published, none.since_published()), (None, None));
     }
 
     #[test]

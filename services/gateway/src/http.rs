@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde_json::json;
 use ziraai_common::health::{self, Readiness};
-use ziraai_common::metrics::Exposition;
 use ziraai_common::nats::NOTIFY_STREAM;
 
 use crate::AppState;
@@ -159,7 +158,8 @@ async fn health(
     }))
 }
 
-/// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
+/// `GET /metrics`: Prometheus text (`prometheus-client`), for addresses in
+/// `ZIRAAI_METRICS_ALLOW` only.
 async fn metrics(
     State(app): State<Arc<AppState>>,
     Extension(ClientIp(client)): Extension<ClientIp>,
@@ -167,100 +167,14 @@ async fn metrics(
     if let Err(refused) = health::metrics_allowed(&app.metrics_allow, client) {
         return refused.into_response();
     }
-    let st = &app.stats;
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let connected = app.client.connection_state() == async_nats::connection::State::Connected;
-    let text = Exposition::default()
-        .metric(
-            "ziraai_gateway_connections",
-            "gauge",
-            "Open sockets (native and SignalR).",
-            app.connections.load(Ordering::Relaxed),
-        )
-        .metric(
-            "ziraai_gateway_users",
-            "gauge",
-            "Users with a live subscription on this gateway.",
-            app.hub.users(),
-        )
-        .metric(
-            "ziraai_gateway_nats_connected",
-            "gauge",
-            "1 while connected to NATS.",
-            u8::from(connected),
-        )
-        .metric(
-            "ziraai_gateway_frames_queued_total",
-            "counter",
-            "Live events queued to sockets.",
-            get(&st.delivered),
-        )
-        .metric(
-            "ziraai_gateway_events_replayed_total",
-            "counter",
-            "Events read back from the stream (replay, gap fill).",
-            get(&st.replayed),
-        )
-        .metric(
-            "ziraai_gateway_gaps_detected_total",
-            "counter",
-            "Gaps detected: a live event revealing missed ones, fetched from the stream first.",
-            get(&st.gaps),
-        )
-        .metric(
-            "ziraai_gateway_malformed_events_total",
-            "counter",
-            "Live events skipped as malformed.",
-            get(&st.malformed),
-        )
-        .metric(
-            "ziraai_gateway_slow_consumers_total",
-            "counter",
-            "Sockets closed for not keeping up.",
-            get(&st.slow_consumers),
-        )
-        .metric(
-            "ziraai_gateway_tracking_dropped_total",
-            "counter",
-            "Delivery-tracking records dropped (queue full).",
-            get(&st.tracking_dropped),
-        )
-        .metric(
-            "ziraai_gateway_connection_limit_evictions_total",
-            "counter",
-            "Sockets closed here because their user opened more than the per-user limit.",
-            get(&app.conn_limit.evictions),
-        )
-        .metric(
-            "ziraai_gateway_connection_limit_refusals_total",
-            "counter",
-            "Handshakes refused with 429 too_many_connections.",
-            get(&app.conn_limit.refusals),
-        )
-        .metric(
-            "ziraai_gateway_rate_limited_total",
-            "counter",
-            "Sockets closed for sending frames faster than ZIRAAI_GATEWAY_CLIENT_FRAME_RATE.",
-            get(&st.rate_limited),
-        )
-        .metric(
-            "ziraai_gateway_full_total",
-            "counter",
-            "Socket handshakes refused with 503 gateway_full (ZIRAAI_GATEWAY_MAX_CONNECTIONS).",
-            get(&st.gateway_full),
-        )
-        .metric(
-            "ziraai_gateway_max_connections",
-            "gauge",
-            "Sockets this process accepts at most.",
-            app.cfg.max_connections,
-        )
-        .metric(
-            "ziraai_gateway_forged_live_messages_total",
-            "counter",
-            "Live messages matching no stored event of their user (forged or unverifiable), dropped.",
-            get(&st.forged),
-        )
-        .finish();
+    let ready = readiness(&app).await.is_ready();
+    let text = crate::metrics::render(crate::metrics::Scrape {
+        stats: app.stats.clone(),
+        conn_limit: app.conn_limit.clone(),
+        users: app.hub.users(),
+        nats_connected: app.client.connection_state() == async_nats::connection::State::Connected,
+        ready,
+        max_connections: app.cfg.max_connections,
+    });
     health::metrics_text(text)
 }

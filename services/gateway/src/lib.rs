@@ -18,6 +18,7 @@ pub mod event;
 mod http;
 pub mod hub;
 mod live;
+pub mod metrics;
 mod request_auth;
 mod serve;
 pub mod session;
@@ -76,6 +77,8 @@ pub(crate) struct AppState {
     /// Every socket session and user channel task.
     pub(crate) tracker: TaskTracker,
     pub(crate) connections: AtomicUsize,
+    /// Places taken in the process cap: open sockets and handshakes about to be.
+    pub(crate) slots: AtomicUsize,
     pub(crate) gateway_id: String,
     /// Who may read `/metrics`.
     pub(crate) metrics_allow: Vec<ziraai_common::metrics::IpRange>,
@@ -175,6 +178,7 @@ impl App {
             shutdown: CancellationToken::new(),
             tracker,
             connections: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
             gateway_id,
             demo,
             conn_limit,
@@ -228,7 +232,7 @@ impl App {
         };
         let opts = serve::ServeOptions {
             header_timeout: state.cfg.header_timeout,
-            trusted_proxies: state.cfg.trusted_proxies.clone().into(),
+            trusted_proxies: Arc::new(state.cfg.trusted_proxies.clone()),
             grace: state.cfg.shutdown_grace,
         };
         // The loop stops when the signal has cancelled `shutdown`, so both end.

@@ -25,7 +25,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ziraai_common::metrics::IpRange;
+use ziraai_common::config::TrustedProxies;
 
 use crate::client_ip::{ClientIp, resolve};
 
@@ -36,7 +36,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How connections are served.
 pub(crate) struct ServeOptions {
     pub(crate) header_timeout: Duration,
-    pub(crate) trusted_proxies: Arc<[IpRange]>,
+    pub(crate) trusted_proxies: Arc<TrustedProxies>,
     /// Time in-flight requests get to finish once `stop` fires.
     pub(crate) grace: Duration,
 }
@@ -110,7 +110,7 @@ async fn connection(
     peer: SocketAddr,
     router: Router,
     builder: Arc<http1::Builder>,
-    trusted: Arc<[IpRange]>,
+    trusted: Arc<TrustedProxies>,
     stop: CancellationToken,
 ) {
     let inner = TowerToHyperService::new(router);

@@ -179,6 +179,11 @@ pub trait Dialect: Send {
     fn encoding(&self) -> Encoding;
     /// Interprets one text or binary message from the client.
     fn inbound(&mut self, msg: &Message) -> impl Future<Output = Vec<Inbound>> + Send;
+    /// What one client frame costs against the frame allowance: the messages it
+    /// carries (a SignalR frame may batch many), at least one.
+    fn cost(&self, _msg: &Message) -> u32 {
+        1
+    }
     /// An event with this sequence was just written (dialects that number messages).
     fn sent_event(&mut self, _seq: u64) {}
     fn keepalive(&self) -> Keepalive;

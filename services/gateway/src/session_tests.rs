@@ -16,6 +16,7 @@ use ziraai_proto::{Protocol, ServerFrame};
 
 use super::*;
 use crate::event::{Event, Stats};
+use crate::metrics::Path;
 use crate::tracking::TrackKind;
 
 /// The user's stored events, cursor writes and tracking records, in memory.
@@ -121,6 +122,7 @@ struct Peer {
     ctl: Arc<SocketCtl>,
     shutdown: CancellationToken,
     session: JoinHandle<Option<CloseReason>>,
+    stats: Arc<Stats>,
 }
 
 pub(super) const LIMITS: SessionLimits = SessionLimits {
@@ -152,6 +154,7 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         device_id: None,
     };
     let (resync, resync_rx) = watch::channel(0);
+    let stats = Arc::new(Stats::default());
     let dialect = native::NativeDialect {
         protocol,
         welcome,
@@ -164,7 +167,7 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         backend: backend.clone(),
         shutdown: shutdown.clone(),
         resync: resync_rx,
-        stats: Arc::new(Stats::default()),
+        stats: stats.clone(),
         expires: None,
     };
     let session = tokio::spawn(run(
@@ -183,10 +186,20 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
         ctl,
         shutdown,
         session,
+        stats,
     }
 }
 
 impl Peer {
+    /// Events written by path (replay, live, gap fill), after every earlier write (a
+    /// ping's pong comes after them).
+    async fn written(&mut self) -> (u64, u64, u64) {
+        self.send(Message::Text(r#"{"type":"ping"}"#.into()));
+        assert_eq!(self.frame().await, ServerFrame::Pong);
+        let by = |path| self.stats.metrics.events(path);
+        (by(Path::Replay), by(Path::Live), by(Path::GapFill))
+    }
+
     async fn next(&mut self) -> Message {
         // Longer than the keep-alive timers, which paused-time tests skip through.
         let bound = PING_INTERVAL * 4;
@@ -282,6 +295,7 @@ async fn replays_after_the_start_then_goes_live_without_repeats() {
     for want in [5, 8, 11] {
         assert_eq!(p.seq().await, want);
     }
+    assert_eq!(p.written().await, (2, 1, 0), "(replay, live, gap fill)");
 }
 
 #[tokio::test]
@@ -294,6 +308,7 @@ async fn a_gap_in_live_events_is_filled_from_the_stream_in_order() {
     for want in [2, 4, 6, 9] {
         assert_eq!(p.seq().await, want);
     }
+    assert_eq!(p.written().await, (0, 1, 3), "(replay, live, gap fill)");
 }
 
 #[tokio::test]

@@ -70,7 +70,8 @@ pub(crate) fn admit(
             "gateway is shutting down; reconnect to another instance",
         ));
     }
-    if app.connections.load(Ordering::Relaxed) >= app.cfg.max_connections {
+    // A cheap early answer; the place itself is reserved by [`SocketSlot::take`].
+    if app.slots.load(Ordering::SeqCst) >= app.cfg.max_connections {
         app.stats.gateway_full.fetch_add(1, Ordering::Relaxed);
         return Err(gateway_full());
     }
@@ -176,8 +177,36 @@ pub(crate) fn sized(ws: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrad
 
 /// An admitted client before its session starts: who it is, and its place in the
 /// shutdown tracker (taken before the upgrade, so a drain waits for the handshake).
+/// A place among the process's `ZIRAAI_GATEWAY_MAX_CONNECTIONS` sockets, reserved
+/// atomically before the upgrade (so concurrent handshakes, or hub sockets still in
+/// their handshake, cannot go past the cap) and given back when dropped: when the
+/// session ends, or when the handshake fails or the upgrade never happens.
+pub(crate) struct SocketSlot(Arc<AppState>);
+
+impl SocketSlot {
+    fn take(app: &Arc<AppState>) -> Result<Self, ApiError> {
+        let max = app.cfg.max_connections;
+        app.slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| Self(app.clone()))
+            .map_err(|_| {
+                app.stats.gateway_full.fetch_add(1, Ordering::Relaxed);
+                gateway_full()
+            })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub(crate) struct Admitted {
     app: Arc<AppState>,
+    slot: SocketSlot,
     user: UserId,
     device: Option<DeviceId>,
     tracked: TaskTrackerToken,
@@ -186,15 +215,22 @@ pub(crate) struct Admitted {
 }
 
 impl Admitted {
-    pub(crate) fn new(app: Arc<AppState>, user: UserId, device: Option<DeviceId>) -> Self {
+    /// Reserves the socket's place in the process cap (503 `gateway_full` when full).
+    pub(crate) fn new(
+        app: Arc<AppState>,
+        user: UserId,
+        device: Option<DeviceId>,
+    ) -> Result<Self, ApiError> {
+        let slot = SocketSlot::take(&app)?;
         let tracked = app.tracker.token();
-        Self {
+        Ok(Self {
             app,
+            slot,
             user,
             device,
             tracked,
             expires: None,
-        }
+        })
     }
 
     /// The socket closes (`token_expired`) when `identity`'s token expires.
@@ -222,6 +258,7 @@ impl Admitted {
     ) -> Result<SocketStart, JoinError> {
         let Self {
             app,
+            slot,
             user,
             device,
             tracked,
@@ -246,6 +283,7 @@ impl Admitted {
             cursor: device.map(|d| (app.cursors.clone(), d)),
             tracking: app.tracking.clone(),
             connection_id: connection_id.clone(),
+            stats: app.stats.clone(),
         };
         let session = Session {
             limits: SessionLimits {
@@ -265,6 +303,7 @@ impl Admitted {
         };
         Ok(SocketStart {
             app,
+            slot,
             membership,
             session,
             connection_id,
@@ -278,6 +317,7 @@ impl Admitted {
 /// A socket ready to serve: subscribed, with its session built.
 pub(crate) struct SocketStart {
     app: Arc<AppState>,
+    slot: SocketSlot,
     membership: Membership,
     session: Session<NatsBackend>,
     connection_id: Arc<str>,
@@ -311,6 +351,7 @@ impl SocketStart {
     pub(crate) async fn serve<D: Dialect>(self, socket: WebSocket, dialect: D) {
         let Self {
             app,
+            slot: _slot,
             membership,
             session,
             connection_id,
@@ -323,9 +364,12 @@ impl SocketStart {
             t.attach(&membership.ctl);
         }
         app.connections.fetch_add(1, Ordering::Relaxed);
+        let open = app.stats.metrics.connections(dialect.encoding());
+        open.inc();
         let protocol = crate::trace::protocol_label(dialect.encoding());
         tracing::info!(%connection_id, user = %user, protocol, "socket open");
         let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
+        open.dec();
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {
             app.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

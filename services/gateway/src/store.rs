@@ -96,8 +96,7 @@ impl EventStore {
             Err(_) => Err(StoreError("timed out".into())),
             Ok(Ok(m)) => {
                 let m = server_checked(m, &subject, from)?;
-                let mut event = Event::decode(m.sequence, 0, Some(&m.headers), &m.payload);
-                event.trace.published = Some(m.time.into());
+                let event = Event::decode(m.sequence, 0, Some(&m.headers), &m.payload);
                 Ok(Some(Stored {
                     event,
                     payload: m.payload,

@@ -21,7 +21,7 @@ pub(crate) const MAX_LINKS: usize = 32;
 pub struct EventTrace {
     /// The publisher's context (`traceparent` of the stored message); empty without.
     pub parent: opentelemetry::Context,
-    /// When the server stored the event (`Nats-Time-Stamp` of the direct get).
+    /// When it was published (`Event::published`: the server's `Nats-Time-Stamp`).
     pub published: Option<SystemTime>,
     /// The `notify.deliver` span's context, set by the hub's fan-out.
     pub delivery: OnceLock<SpanContext>,
@@ -31,14 +31,17 @@ pub struct EventTrace {
 }
 
 impl EventTrace {
-    /// From a stored message's headers.
-    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Self {
+    /// From a stored message's headers and its publish time (see `Event::published`).
+    pub fn from_headers(
+        headers: Option<&async_nats::HeaderMap>,
+        published: Option<SystemTime>,
+    ) -> Self {
         Self {
             parent: headers
                 .filter(|h| h.get("traceparent").is_some())
                 .map(ziraai_common::telemetry::extract)
                 .unwrap_or_default(),
-            published: None,
+            published,
             delivery: OnceLock::new(),
             span: OnceLock::new(),
         }

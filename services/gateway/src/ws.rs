@@ -44,7 +44,7 @@ pub(crate) async fn upgrade(
         auth: app.auth.clone(),
         user: user.clone(),
     };
-    let start = Admitted::new(app, user, device)
+    let start = Admitted::new(app, user, device)?
         .until_expiry_of(&identity)
         .start(Encoding::Native(protocol), None, resume.start_after)
         .await

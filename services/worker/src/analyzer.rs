@@ -5,6 +5,10 @@
 //! is transient: the job is retried later. An answer over [`MAX_BODY`] is refused while
 //! it is read (never collected whole) and is permanent too: asking again would bring
 //! the same oversized answer.
+//!
+//! Each call is an `analyzer.call` client span with the HTTP semantic conventions'
+//! attributes; its `url.full` never holds the URL's user, password or query (where a
+//! key would be), and a failed call has error status and `error.type`.
 
 use std::time::Duration;
 
@@ -14,6 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 /// Longest analyzer answer read, bytes.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -36,6 +42,8 @@ pub enum Outcome {
 pub struct Analyzer {
     client: Client<HttpConnector, Full<Bytes>>,
     url: hyper::Uri,
+    /// `url` without credentials or query, for spans.
+    url_shown: String,
     timeout: Duration,
 }
 
@@ -46,13 +54,58 @@ impl Analyzer {
         connector.set_connect_timeout(Some(timeout));
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            url_shown: shown_url(&url),
             url,
             timeout,
         })
     }
 
-    /// Posts the job and classifies the answer.
+    /// Posts the job and classifies the answer, in an `analyzer.call` span.
     pub async fn analyze(&self, job: &Map<String, Value>) -> Outcome {
+        let span = tracing::info_span!(
+            "analyzer.call",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %self.url_shown,
+            server.address = self.url.host().unwrap_or_default(),
+            server.port = self.url.port_u16().unwrap_or(match self.url.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            }),
+            http.response.status_code = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        let outcome = self.call(job, &span).instrument(span.clone()).await;
+        let error = match &outcome {
+            Outcome::Completed(_) => None,
+            Outcome::Rejected { status, message } => Some((status.to_string(), message.clone())),
+            Outcome::Transient(why) if why.contains("did not answer") => {
+                Some(("timeout".to_owned(), why.clone()))
+            }
+            Outcome::Transient(why) if why.ends_with("without JSON") => {
+                Some(("invalid_response".to_owned(), why.clone()))
+            }
+            Outcome::Transient(why) => {
+                let kind = match why.strip_prefix("analyzer answered ") {
+                    Some(rest) if rest.len() >= 3 && rest[..3].parse::<u16>().is_ok() => {
+                        rest[..3].to_owned()
+                    }
+                    _ => "transport".to_owned(),
+                };
+                Some((kind, why.clone()))
+            }
+        };
+        if let Some((kind, why)) = error {
+            span.record("error.type", kind);
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", why);
+        }
+        outcome
+    }
+
+    async fn call(&self, job: &Map<String, Value>, span: &tracing::Span) -> Outcome {
         let body = Bytes::from(serde_json::to_vec(job).unwrap_or_default());
         let request = hyper::Request::post(self.url.clone())
             .header("content-type", "application/json")
@@ -68,6 +121,7 @@ impl Analyzer {
                 .await
                 .map_err(|e| format!("analyzer unreachable: {e}"))?;
             let status = response.status().as_u16();
+            span.record("http.response.status_code", status);
             match Limited::new(response.into_body(), MAX_BODY).collect().await {
                 Ok(body) => Ok(classify(status, &body.to_bytes())),
                 Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Ok(too_large(status)),
@@ -82,6 +136,14 @@ impl Analyzer {
             Ok(Ok(outcome)) => outcome,
         }
     }
+}
+
+/// `url` as spans show it: scheme, host, port and path; never user, password or query.
+fn shown_url(url: &hyper::Uri) -> String {
+    let scheme = url.scheme_str().unwrap_or("http");
+    let host = url.host().unwrap_or_default();
+    let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{scheme}://{host}{port}{}", url.path())
 }
 
 /// An answer over [`MAX_BODY`]: a rejection, unless the status says "try again".
@@ -205,6 +267,16 @@ mod tests {
         .analyze(&job)
         .await;
         assert_eq!(at_limit, Outcome::Completed(json!({})));
+    }
+
+    #[test]
+    fn spans_show_the_url_without_credentials_or_query() {
+        let url: hyper::Uri = "https://svc:s3cret@analyzer.internal:8443/v1/analyze?key=abc"
+            .parse()
+            .expect("uri");
+        assert_eq!(shown_url(&url), "https://analyzer.internal:8443/v1/analyze");
+        let url: hyper::Uri = "http://127.0.0.1/analyze".parse().expect("uri");
+        assert_eq!(shown_url(&url), "http://127.0.0.1/analyze");
     }
 
     #[test]

@@ -52,6 +52,7 @@ struct HealthState {
     consumer: consumer::Consumer<consumer::pull::Config>,
     probe: WorkerProbe,
     stopping: CancellationToken,
+    queue: Arc<crate::metrics::QueueDepth>,
 }
 
 impl WorkerApp {
@@ -111,6 +112,7 @@ impl WorkerApp {
             consumer: self.consumer.clone(),
             probe: self.probe(),
             stopping: stop.clone(),
+            queue: Arc::new(crate::metrics::QueueDepth::new(self.consumer.clone())),
         };
         let router = Router::new()
             .route("/health/live", get(|| async { health::live() }))
@@ -236,7 +238,8 @@ async fn details(
     readiness.with_details(body)
 }
 
-/// `GET /metrics`: Prometheus text, for addresses in `ZIRAAI_METRICS_ALLOW` only.
+/// `GET /metrics`: Prometheus text (`prometheus-client`), for addresses in
+/// `ZIRAAI_METRICS_ALLOW` only.
 async fn metrics(
     State(h): State<HealthState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
@@ -244,70 +247,13 @@ async fn metrics(
     if let Err(refused) = health::metrics_allowed(&h.metrics_allow, peer.ip()) {
         return refused.into_response();
     }
-    let c = &h.probe.counters;
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let open = u8::from(h.probe.breaker.state() != BreakerState::Closed);
-    let text = ziraai_common::metrics::Exposition::default()
-        .metric(
-            "ziraai_worker_jobs_in_flight",
-            "gauge",
-            "Jobs being processed.",
-            c.in_flight.load(Ordering::Relaxed),
-        )
-        .metric(
-            "ziraai_worker_jobs_completed_total",
-            "counter",
-            "Jobs that ended with analysis.completed.",
-            get(&c.completed),
-        )
-        .metric(
-            "ziraai_worker_jobs_failed_total",
-            "counter",
-            "Jobs that ended with analysis.failed.",
-            get(&c.failed),
-        )
-        .metric(
-            "ziraai_worker_jobs_retried_total",
-            "counter",
-            "Jobs handed back after a transient analyzer failure.",
-            get(&c.retried),
-        )
-        .metric(
-            "ziraai_worker_jobs_poison_total",
-            "counter",
-            "Poison jobs terminated.",
-            get(&c.poison),
-        )
-        .metric(
-            "ziraai_worker_jobs_handed_back_total",
-            "counter",
-            "In-flight jobs handed back at shutdown.",
-            get(&c.handed_back),
-        )
-        .metric(
-            "ziraai_worker_events_published_total",
-            "counter",
-            "PubAcks that stored a new event.",
-            get(&c.published),
-        )
-        .metric(
-            "ziraai_worker_events_duplicate_total",
-            "counter",
-            "PubAcks that found the event stored already (duplicate: true).",
-            get(&c.duplicates),
-        )
-        .metric(
-            "ziraai_worker_breaker_open",
-            "gauge",
-            "1 while the analyzer circuit breaker is open or half-open.",
-            open,
-        )
-        .metric(
-            "ziraai_worker_breaker_opened_total",
-            "counter",
-            "Times the circuit breaker opened.",
-            h.probe.breaker.times_opened(),
-        )
-        .finish();
+    let queue = h.queue.get().await;
+    let text = crate::metrics::render(crate::metrics::Scrape {
+        counters: &h.probe.counters,
+        breaker_open: h.probe.breaker.state() != BreakerState::Closed,
+        breaker_opened: h.probe.breaker.times_opened(),
+        ready: readiness(&h).is_ready(),
+        queue,
+    });
     health::metrics_text(text)
 }

@@ -6,17 +6,41 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use ziraai_proto::UserId;
 
-/// Submits one analysis job to `jobs.analysis` and waits for the stream to store it.
+/// Submits one analysis job to `jobs.analysis` and waits for the stream to store it,
+/// in a `job.submit` span whose `traceparent` the job carries: the worker's `job` span
+/// continues that trace.
 pub async fn submit_job(
     js: &async_nats::jetstream::Context,
     job: &serde_json::Value,
 ) -> anyhow::Result<u64> {
     let id = job["jobId"].as_str().unwrap_or_default().to_owned();
+    let span = tracing::info_span!(
+        "job.submit",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = ziraai_common::nats::JOBS_SUBJECT,
+        messaging.operation.type = "publish",
+        messaging.message.id = id.as_str(),
+        messaging.nats.stream.sequence = tracing::field::Empty,
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    ziraai_common::telemetry::inject(&span, &mut headers);
     let msg = async_nats::jetstream::message::PublishMessage::build()
         .payload(bytes::Bytes::from(job.to_string()))
+        .headers(headers)
         .message_id(&id);
+    let ack = store(js, msg).instrument(span.clone()).await?;
+    span.record("messaging.nats.stream.sequence", ack);
+    Ok(ack)
+}
+
+async fn store(
+    js: &async_nats::jetstream::Context,
+    msg: async_nats::jetstream::message::PublishMessage,
+) -> anyhow::Result<u64> {
     let ack = js
         .send_publish(ziraai_common::nats::JOBS_SUBJECT, msg)
         .await?

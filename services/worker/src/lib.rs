@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod demo;
 pub mod dev_analyzer;
 pub mod job;
+pub mod metrics;
 mod publisher;
 mod runner;
 

@@ -12,12 +12,19 @@
 //! broken connection) are retried with exponential back-off, always with the same
 //! `Nats-Msg-Id`, so a retry that reaches the stream twice is stored once (JetStream
 //! de-duplication); [`Published::duplicate`] says when the id was stored already.
+//!
+//! Each publish is a `notify.publish` span (a child of the caller's span, e.g. the
+//! worker's `job`), and its W3C `traceparent`/`tracestate` travel in the event's
+//! headers, so the gateway's delivery spans join the same trace. The trace headers are
+//! best-effort: an event that fits the stream only without them is sent without them.
 
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use ziraai_common::nats::NOTIFY_MAX_MESSAGE;
 use ziraai_proto::analysis::AnalysisOutcome;
 use ziraai_proto::envelope::EnvelopeError;
@@ -176,13 +183,58 @@ impl Publisher {
     ) -> Result<Published, PublishError> {
         let subject = user.notify_subject();
         let event_id = event.event_id();
+        let span = tracing::info_span!(
+            "notify.publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %subject,
+            messaging.operation.type = "publish",
+            messaging.message.id = event_id,
+            messaging.nats.stream.sequence = Empty,
+            messaging.nats.duplicate = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        let headers = with_trace_context(&span, event);
+        let outcome = self
+            .send_with_retries(&subject, event_id, event.body.clone(), headers)
+            .instrument(span.clone())
+            .await;
+        match &outcome {
+            Ok(p) => {
+                span.record("messaging.nats.stream.sequence", p.seq);
+                span.record("messaging.nats.duplicate", p.duplicate);
+            }
+            Err(e) => {
+                let kind = match e {
+                    PublishError::Invalid(_) => "invalid_event",
+                    PublishError::Exhausted { .. } => "retries_exhausted",
+                    PublishError::Permanent(_) => "refused",
+                };
+                span.record("error.type", kind);
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", e.to_string());
+            }
+        }
+        outcome
+    }
+
+    /// Sends one message, retrying transient failures with the same `Nats-Msg-Id`.
+    async fn send_with_retries(
+        &self,
+        subject: &str,
+        event_id: &str,
+        body: Bytes,
+        headers: HeaderMap,
+    ) -> Result<Published, PublishError> {
         let mut backoff = INITIAL_BACKOFF;
         let mut last = String::new();
         for attempt in 1..=DEFAULT_ATTEMPTS {
             let msg = PublishMessage::build()
-                .payload(event.body.clone())
-                .headers(event.headers.clone());
-            let outcome = match self.js.send_publish(subject.clone(), msg).await {
+                .payload(body.clone())
+                .headers(headers.clone());
+            let outcome = match self.js.send_publish(subject.to_owned(), msg).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
@@ -210,6 +262,32 @@ impl Publisher {
         })
     }
 }
+
+/// `event`'s headers with `span`'s trace context added, as long as the event still
+/// fits the stream: else `tracestate` is left out, then `traceparent` too.
+fn with_trace_context(span: &tracing::Span, event: &CheckedEvent) -> HeaderMap {
+    let mut headers = event.headers.clone();
+    ziraai_common::telemetry::inject(span, &mut headers);
+    let fits = |h: &HeaderMap| event.body.len() + header_len(h) <= NOTIFY_MAX_MESSAGE;
+    if fits(&headers) {
+        return headers;
+    }
+    let mut without_state = event.headers.clone();
+    if let Some(parent) = headers.get(TRACEPARENT) {
+        without_state.insert(TRACEPARENT, parent.as_str());
+    }
+    if fits(&without_state) {
+        return without_state;
+    }
+    tracing::debug!(
+        event_id = event.event_id(),
+        "event at the size limit: sent without trace context"
+    );
+    event.headers.clone()
+}
+
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
 
 /// Bytes of the header block on the wire, which the server counts against
 /// `max_msg_size`: `NATS/1.0\r\n`, each `Name: value\r\n`, then `\r\n`.

@@ -1,4 +1,5 @@
-//! What [`CheckedEvent::new`] refuses, and the header size the server counts.
+//! What [`CheckedEvent::new`] refuses, the header size the server counts, and the trace
+//! headers an event carries when it fits.
 
 use serde_json::{Map, Value, json};
 use ziraai_proto::analysis::{AnalysisId, AnalysisOutcome};
@@ -107,4 +108,45 @@ fn only_transient_kinds_are_retried() {
     assert!(is_transient(PublishErrorKind::StreamNotFound));
     assert!(!is_transient(PublishErrorKind::MaxPayloadExceeded));
     assert!(!is_transient(PublishErrorKind::WrongLastSequence));
+}
+
+#[test]
+fn trace_headers_are_left_out_when_the_event_would_not_fit() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+    let subscriber = tracing_subscriber::registry().with(layer);
+    // No timestamp: its length varies, and the sizes here must be exact.
+    let event = |pad: usize| {
+        let envelope = Envelope {
+            kind: "a.b".into(),
+            data: object(json!({"pad": "x".repeat(pad)})),
+            occurred_at: None,
+        };
+        CheckedEvent::new(&envelope, "event-1", PayloadEncoding::Json)
+            .expect("fits without trace headers")
+    };
+    let fits = NOTIFY_MAX_MESSAGE - event(0).size();
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("notify.publish");
+        let small = with_trace_context(&span, &event(0));
+        let parent = small.get(TRACEPARENT).map(|v| v.as_str().len());
+        assert_eq!(parent, Some(55), "00-<32 hex>-<16 hex>-01");
+        // Room for the traceparent line ("traceparent: " + 55 + CRLF) but not more.
+        let roomy = event(fits - 70);
+        let with = with_trace_context(&span, &roomy);
+        assert!(with.get(TRACEPARENT).is_some());
+        assert_eq!(roomy.body.len() + header_len(&with), NOTIFY_MAX_MESSAGE);
+        let tight = event(fits - 69);
+        assert!(with_trace_context(&span, &tight).get(TRACEPARENT).is_none());
+        let full = event(fits);
+        let headers = with_trace_context(&span, &full);
+        assert!(headers.get(TRACEPARENT).is_none());
+        assert_eq!(full.body.len() + header_len(&headers), NOTIFY_MAX_MESSAGE);
+    });
 }

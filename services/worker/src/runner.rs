@@ -8,6 +8,10 @@
 //! no task sleeps); after `max_attempts` deliveries it becomes `analysis.failed` with
 //! code `analyzer_unavailable`. The circuit breaker stops pulling while the analyzer
 //! keeps failing. Poison jobs are terminated and published as advisories.
+//!
+//! Each delivery of a job is a `job` span (continuing the trace of the job message's
+//! `traceparent` when it has one, else a new trace) whose children are the
+//! `analyzer.call` and the `notify.publish`; `job.outcome` says how it ended.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,6 +22,9 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use ziraai_common::config::WorkerConfig;
 use ziraai_common::nats::POISON_ADVISORY_SUBJECT;
 use ziraai_proto::analysis::{AnalysisError, AnalysisOutcome};
@@ -46,6 +53,31 @@ pub struct Counters {
     /// PubAcks with `duplicate: true`: the job's event was stored earlier (a redelivery
     /// after a lost job ack, or a publish retry whose first attempt was stored).
     pub duplicates: AtomicU64,
+    /// Duration of every analyzer call that ended (`/metrics` only).
+    pub analyzer_latency: crate::metrics::AnalyzerLatency,
+}
+
+/// How one delivery of a job ended, for its span: `job.outcome` (the outcomes of
+/// `ziraai_worker_jobs_total`) and, when it is an error, the status description.
+struct Ended {
+    outcome: &'static str,
+    error: Option<String>,
+}
+
+impl Ended {
+    fn ok(outcome: &'static str) -> Self {
+        Self {
+            outcome,
+            error: None,
+        }
+    }
+
+    fn error(outcome: &'static str, why: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            error: Some(why.into()),
+        }
+    }
 }
 
 /// What the job tasks share.
@@ -147,26 +179,75 @@ impl Runner {
         tracker
     }
 
+    /// Processes one delivery of a job in its `job` span.
     async fn process(&self, msg: jetstream::Message, hand_back: CancellationToken) {
         let delivered = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+        // A root unless the job message carries a trace context to continue.
+        let span = tracing::info_span!(
+            parent: None,
+            "job",
+            otel.kind = "consumer",
+            job.id = Empty,
+            analysis.id = Empty,
+            user.id = Empty,
+            job.attempt = delivered,
+            job.outcome = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        if let Some(headers) = &msg.headers
+            && headers.get("traceparent").is_some()
+        {
+            // Fails only when no OpenTelemetry layer is installed: nothing to continue.
+            let _ = span.set_parent(ziraai_common::telemetry::extract(headers));
+        }
+        let ended = self
+            .attempt(&msg, delivered, hand_back, &span)
+            .instrument(span.clone())
+            .await;
+        span.record("job.outcome", ended.outcome);
+        if let Some(why) = ended.error {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", why);
+        }
+    }
+
+    async fn attempt(
+        &self,
+        msg: &jetstream::Message,
+        delivered: u64,
+        hand_back: CancellationToken,
+        span: &tracing::Span,
+    ) -> Ended {
         let job = match Job::parse(&msg.payload) {
             Ok(job) => job,
-            Err(poison) => return self.poison(&msg, &poison.to_string()).await,
+            Err(poison) => {
+                let reason = poison.to_string();
+                self.poison(msg, &reason).await;
+                return Ended::error("poison", reason);
+            }
         };
+        span.record("job.id", job.job_id.as_str());
+        span.record("analysis.id", tracing::field::display(&job.analysis_id));
+        span.record("user.id", job.user_id.as_str());
         if self.breaker.permit().is_err() {
             // Not an attempt: the job waits for the analyzer to recover.
             let _ = msg
                 .ack_with(AckKind::Nak(Some(self.cfg.breaker_cooldown)))
                 .await;
-            return;
+            return Ended::ok("handed_back");
         }
+        let called = std::time::Instant::now();
         let analysis = self.analyzer.analyze(&job.body);
         tokio::pin!(analysis);
         let every = self.progress_every;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let outcome = loop {
             tokio::select! {
-                o = &mut analysis => break o,
+                o = &mut analysis => {
+                    self.counters.analyzer_latency.observe(called.elapsed());
+                    break o;
+                }
                 _ = progress.tick() => {
                     let _ = msg.ack_with(AckKind::Progress).await;
                 }
@@ -174,7 +255,7 @@ impl Runner {
                     self.breaker.abandoned();
                     self.counters.handed_back.fetch_add(1, Ordering::Relaxed);
                     let _ = msg.ack_with(AckKind::Nak(None)).await;
-                    return;
+                    return Ended::ok("handed_back");
                 }
             }
         };
@@ -202,7 +283,7 @@ impl Runner {
                     tracing::info!(job = %job.job_id, attempt = delivered, ?delay, %why, "analyzer unavailable; job handed back");
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                    return;
+                    return Ended::error("retried", why);
                 }
                 tracing::warn!(job = %job.job_id, attempts = delivered, %why, "giving up on the analyzer for this job");
                 let error = AnalysisError {
@@ -252,11 +333,16 @@ impl Runner {
                 };
                 acks.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(job = %job.job_id, user = %job.user_id, seq = p.seq, kind = result.kind(), duplicate = p.duplicate, "job done");
+                match &result {
+                    AnalysisOutcome::Completed(_) => Ended::ok("completed"),
+                    AnalysisOutcome::Failed(f) => Ended::error("failed", f.error.code.clone()),
+                }
             }
             Err(e) => {
                 // Not acknowledged: the job comes back and is published then.
                 tracing::warn!(job = %job.job_id, error = %e, "event not published; job handed back");
                 let _ = msg.ack_with(AckKind::Nak(Some(self.cfg.retry_base))).await;
+                Ended::error("retried", e.to_string())
             }
         }
     }

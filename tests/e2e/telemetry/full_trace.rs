@@ -43,7 +43,9 @@ async fn a_job_delivered_to_native_and_signalr_sockets_is_one_trace_up_to_the_ac
     let spans = receiver
         .wait_for(SPANS, |s| {
             let Some(d) = s.iter().find(|d| {
-                d.name == "notify.deliver" && d.attr("user.id") == Some(user_id.as_str())
+                d.name == "notify.deliver"
+                    && d.attr("user.id") == Some(user_id.as_str())
+                    && d.attr("event.seq") == Some(seq.as_str())
             }) else {
                 return false;
             };
@@ -58,7 +60,7 @@ async fn a_job_delivered_to_native_and_signalr_sockets_is_one_trace_up_to_the_ac
             .iter()
             .filter(|s| {
                 s.name == name
-                    && (name != "notify.deliver" || s.attr("user.id") == Some(user_id.as_str()))
+                    && (name != "notify.deliver" || s.attr("event.seq") == Some(seq.as_str()))
             })
             .collect();
         assert_eq!(found.len(), 1, "exactly one {name}: {found:?}");

@@ -61,6 +61,7 @@ pub(super) struct GatewayFile {
     pub(super) http_burst: Option<u32>,
     pub(super) http_interval: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
+    pub(super) trusted_proxy_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -50,6 +50,7 @@ pub(super) const VARS: &[&str] = &[
     "ZIRAAI_GATEWAY_HTTP_BURST",
     "ZIRAAI_GATEWAY_HTTP_INTERVAL",
     "ZIRAAI_TRUSTED_PROXIES",
+    "ZIRAAI_TRUSTED_PROXY_HEADER",
 ];
 
 /// A user id as the demo settings take it (gateway page and worker producer alike).
@@ -243,17 +244,25 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
             DEFAULT_HTTP_INTERVAL,
             parse_nonzero_duration,
         ),
-        trusted_proxies: l.pick(
-            "ZIRAAI_TRUSTED_PROXIES",
-            g.trusted_proxies.map(|v| v.join(",")),
-            Vec::new(),
-            |s| {
-                split_list(s)
-                    .iter()
-                    .map(|r| crate::metrics::IpRange::parse(r))
-                    .collect()
-            },
-        ),
+        trusted_proxies: TrustedProxies {
+            ranges: l.pick(
+                "ZIRAAI_TRUSTED_PROXIES",
+                g.trusted_proxies.map(|v| v.join(",")),
+                Vec::new(),
+                |s| {
+                    split_list(s)
+                        .iter()
+                        .map(|r| crate::metrics::IpRange::parse(r))
+                        .collect()
+                },
+            ),
+            header: l.pick(
+                "ZIRAAI_TRUSTED_PROXY_HEADER",
+                g.trusted_proxy_header,
+                ForwardedHeader::XForwardedFor,
+                ForwardedHeader::parse,
+            ),
+        },
     };
     origins(l, &gateway.allowed_origins, env);
     if env == Environment::Production && gateway.allowed_origins.iter().any(|o| o == "*") {

@@ -50,8 +50,12 @@ fn defaults() {
     assert_eq!(c.http_burst, 100);
     assert_eq!(c.http_interval, Duration::from_millis(100));
     assert!(
-        c.trusted_proxies.is_empty(),
+        c.trusted_proxies.ranges.is_empty(),
         "no proxy is trusted by default"
+    );
+    assert_eq!(
+        c.trusted_proxies.header,
+        crate::config::ForwardedHeader::XForwardedFor
     );
 }
 
@@ -65,6 +69,7 @@ fn every_new_variable_is_read() {
         ("ZIRAAI_GATEWAY_HTTP_BURST", "7"),
         ("ZIRAAI_GATEWAY_HTTP_INTERVAL", "2s"),
         ("ZIRAAI_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+        ("ZIRAAI_TRUSTED_PROXY_HEADER", "Forwarded"),
     ])
     .expect("valid");
     assert!(c.warnings.is_empty(), "known variables: {:?}", c.warnings);
@@ -76,8 +81,12 @@ fn every_new_variable_is_read() {
     assert_eq!(g.client_frame_burst, 5);
     assert_eq!(g.http_burst, 7);
     assert_eq!(g.http_interval, Duration::from_secs(2));
-    assert_eq!(g.trusted_proxies.len(), 2);
-    assert!(g.trusted_proxies[0].contains("10.9.8.7".parse().expect("ip")));
+    assert_eq!(g.trusted_proxies.ranges.len(), 2);
+    assert!(g.trusted_proxies.ranges[0].contains("10.9.8.7".parse().expect("ip")));
+    assert_eq!(
+        g.trusted_proxies.header,
+        crate::config::ForwardedHeader::Forwarded
+    );
 }
 
 #[test]
@@ -90,6 +99,7 @@ fn bad_values_are_one_line_each_naming_the_variable() {
         ("ZIRAAI_GATEWAY_HTTP_BURST", "0"),
         ("ZIRAAI_GATEWAY_HTTP_INTERVAL", "soon"),
         ("ZIRAAI_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("ZIRAAI_TRUSTED_PROXY_HEADER", "x-real-ip"),
     ];
     let e = errors(&bad);
     assert_eq!(e.len(), bad.len(), "{e:?}");

@@ -1,39 +1,44 @@
-//! W3C trace context (`traceparent` / `tracestate`) in NATS headers: the worker injects
-//! the publish span's context; the gateway extracts it to parent its delivery span. A
-//! producer in another language sets `traceparent` itself and gets the gateway's spans
-//! in its trace.
+//! Trace context in NATS headers: W3C `traceparent` / `tracestate`, written and read
+//! through the global propagator (W3C TraceContext, installed by telemetry set-up).
+//!
+//! The worker injects the context of its publish span into every event; a gateway
+//! extracts it to parent its delivery spans; a producer in another language that sets
+//! `traceparent` itself gets the gateway's spans in its own trace.
 
+use async_nats::HeaderMap;
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::global;
+use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Writes `span`'s context as `traceparent` (+ `tracestate`) into `headers`. Nothing is
-/// written when the span has no valid context (telemetry off, or not sampled into any trace).
-pub fn inject(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
-    inject_context(&span.context(), headers);
+/// Writes `span`'s trace context into `headers` (`traceparent`, and `tracestate` when
+/// it is not empty). Writes nothing when `span` carries no valid trace context (no
+/// OpenTelemetry layer, or a span that is disabled).
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    let cx = span.context();
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&cx, &mut HeaderInjector(headers));
+    });
 }
 
-/// As [`inject`], from an OpenTelemetry context.
-pub fn inject_context(cx: &Context, headers: &mut async_nats::HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+/// Reads the trace context carried by `headers`; an empty context (no parent) when
+/// they carry none or an invalid one.
+pub fn extract(headers: &HeaderMap) -> Context {
+    global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
 }
 
-/// Reads `traceparent` / `tracestate` from `headers`; an empty context when absent or
-/// malformed (the span then starts a new trace).
-pub fn extract(headers: &async_nats::HeaderMap) -> Context {
-    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
-}
-
-struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        // The W3C propagator writes `tracestate` even when empty: a header for nothing.
+        if !value.is_empty() {
+            self.0.insert(key, value.as_str());
+        }
     }
 }
 
-struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
+struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -41,46 +46,83 @@ impl Extractor for HeaderExtractor<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::TraceContextExt;
-
     use super::*;
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
 
     #[test]
-    fn a_producers_traceparent_round_trips() {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
-        let cx = extract(&headers);
-        let sc = cx.span().span_context().clone();
-        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        let mut out = async_nats::HeaderMap::new();
-        inject_context(&cx, &mut out);
-        assert_eq!(
-            out.get("traceparent").map(|v| v.as_str()),
-            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-        );
+    fn inject_then_extract_gives_the_same_trace() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("notify.publish");
+            let sent = span.context().span().span_context().clone();
+            assert!(sent.is_valid());
+            let mut headers = HeaderMap::new();
+            inject(&span, &mut headers);
+            let traceparent = headers.get("traceparent").map(|v| v.as_str().to_owned());
+            let expected = format!("00-{}-{}-01", sent.trace_id(), sent.span_id());
+            assert_eq!(traceparent.as_deref(), Some(expected.as_str()));
+            assert!(headers.get("tracestate").is_none(), "no empty tracestate");
+
+            let got = extract(&headers);
+            let got = got.span().span_context().clone();
+            assert!(got.is_remote());
+            assert_eq!(got.trace_id(), sent.trace_id());
+            assert_eq!(got.span_id(), sent.span_id());
+            assert!(got.is_sampled());
+
+            // A child parented to the extracted context continues the trace.
+            let child = tracing::info_span!("notify.deliver");
+            child.set_parent(extract(&headers)).expect("parent set");
+            assert_eq!(
+                child.context().span().span_context().trace_id(),
+                sent.trace_id()
+            );
+
+            // A producer's `tracestate` travels on with its trace.
+            let mut theirs = HeaderMap::new();
+            let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            theirs.insert("traceparent", parent);
+            theirs.insert("tracestate", "vendor=abc");
+            let ours = tracing::info_span!("job");
+            ours.set_parent(extract(&theirs)).expect("parent set");
+            let mut out = HeaderMap::new();
+            inject(&ours, &mut out);
+            let out_parent = out.get("traceparent").map(|v| v.as_str().to_owned());
+            assert!(
+                out_parent.as_deref().is_some_and(|p| p
+                    .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+                    && p != parent),
+                "{out_parent:?}"
+            );
+            assert_eq!(
+                out.get("tracestate").map(|v| v.as_str()),
+                Some("vendor=abc")
+            );
+        });
     }
 
     #[test]
-    fn no_or_bad_header_is_an_empty_context() {
-        let mut headers = async_nats::HeaderMap::new();
+    fn no_context_in_no_context_out() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        // No OpenTelemetry layer: nothing to write.
+        let mut headers = HeaderMap::new();
+        inject(&tracing::Span::none(), &mut headers);
+        assert!(headers.get("traceparent").is_none());
+        // A malformed traceparent is no parent.
+        headers.insert("traceparent", "00-not-a-trace-01");
         assert!(!extract(&headers).span().span_context().is_valid());
-        headers.insert("traceparent", "00-zz-00f067aa0ba902b7-01");
-        assert!(!extract(&headers).span().span_context().is_valid());
-        let mut out = async_nats::HeaderMap::new();
-        inject(&tracing::Span::none(), &mut out);
-        assert!(out.get("traceparent").is_none());
+        assert!(!extract(&HeaderMap::new()).span().span_context().is_valid());
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{Backend, CloseReason, Dialect, Inbound, Session, SocketCtl, SocketError, Stop};
 use crate::event::Event;
+use crate::metrics::Path;
 use crate::tracking::TrackKind;
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -53,6 +54,8 @@ pub(super) struct Conn<S, B, D> {
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Client frames still allowed (`ZIRAAI_GATEWAY_CLIENT_FRAME_RATE`).
     frames: super::rate::FrameBudget,
+    /// `ziraai_delivery_latency_seconds` of this socket's protocol, resolved once.
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 type Step = Result<(), Stop>;
@@ -78,7 +81,9 @@ where
         d: D,
     ) -> Self {
         let expires = s.expires.unwrap_or_else(far_future);
+        let latency = s.stats.metrics.latency(d.encoding());
         Self {
+            latency,
             socket,
             queue,
             ctl,
@@ -115,7 +120,7 @@ where
         if let Some(greeting) = self.d.greeting() {
             self.write(greeting).await?;
         }
-        self.catch_up_all().await?;
+        self.catch_up_all(Path::Replay).await?;
         let keepalive = self.d.keepalive();
         let mut pings = tokio::time::interval_at(Instant::now() + keepalive.tick, keepalive.tick);
         let flush = self.s.limits.cursor_flush;
@@ -128,9 +133,9 @@ where
                     return Err(Stop::Close(self.ctl.reason.get().cloned().unwrap_or(CloseReason::Internal)));
                 }
                 _ = self.s.shutdown.cancelled() => return Err(Stop::Close(CloseReason::Shutdown)),
-                _ = self.ctl.lag.notified() => self.catch_up_all().await?,
+                _ = self.ctl.lag.notified() => self.catch_up_all(Path::GapFill).await?,
                 changed = self.s.resync.changed(), if resync_open => match changed {
-                    Ok(()) => self.catch_up_all().await?,
+                    Ok(()) => self.catch_up_all(Path::GapFill).await?,
                     Err(_) => resync_open = false,
                 },
                 queued = self.queue.recv() => {
@@ -164,12 +169,13 @@ where
     }
 
     /// Replays everything stored after `last_seen`; repeats while live events were
-    /// dropped for this socket in the meantime (they are in the stream).
-    async fn catch_up_all(&mut self) -> Step {
+    /// dropped for this socket in the meantime (they are in the stream). `path`: a
+    /// resume at the start, or a gap fill while live (lag, NATS reconnect).
+    async fn catch_up_all(&mut self, path: Path) -> Step {
         loop {
             self.ctl.replaying.store(true, Ordering::SeqCst);
             self.ctl.lagged.store(false, Ordering::SeqCst);
-            let r = self.catch_up(None, None).await;
+            let r = self.catch_up(None, path, None).await;
             self.ctl.replaying.store(false, Ordering::SeqCst);
             r?;
             self.flush().await?;
@@ -181,7 +187,12 @@ where
 
     /// Sends stored events after `last_seen`, up to (not including) `until`; a gap
     /// fill's `notify.replay` span is a child of the live event's delivery (`parent`).
-    async fn catch_up(&mut self, until: Option<u64>, parent: Option<SpanContext>) -> Step {
+    async fn catch_up(
+        &mut self,
+        until: Option<u64>,
+        path: Path,
+        parent: Option<SpanContext>,
+    ) -> Step {
         let mut sent = 0usize;
         // Started at the first replayed event: a socket with nothing to replay has none.
         let mut span: Option<tracing::Span> = None;
@@ -194,7 +205,7 @@ where
             }
             self.s.stats.replayed.fetch_add(1, Ordering::Relaxed);
             let replay = span.get_or_insert_with(|| {
-                let reason = if until.is_some() {
+                let reason = if path == Path::GapFill {
                     "gap_fill"
                 } else {
                     "resume"
@@ -207,7 +218,7 @@ where
             {
                 tracing_opentelemetry::OpenTelemetrySpanExt::add_link(replay, cx);
             }
-            self.emit(&event).await?;
+            self.emit(&event, path).await?;
             sent += 1;
             if sent.is_multiple_of(WRITE_BATCH) {
                 self.flush().await?;
@@ -264,7 +275,9 @@ where
                 "gap: fetching from the stream"
             );
             self.ctl.replaying.store(true, Ordering::SeqCst);
-            let r = self.catch_up(Some(event.seq), event.trace.context()).await;
+            let r = self
+                .catch_up(Some(event.seq), Path::GapFill, event.trace.context())
+                .await;
             self.ctl.replaying.store(false, Ordering::SeqCst);
             r?;
             if self.ctl.lagged.load(Ordering::SeqCst) {
@@ -272,14 +285,22 @@ where
                 self.ctl.lag.notify_one();
             }
         }
-        self.emit(event).await
+        self.emit(event, Path::Live).await
     }
 
     /// Queues one event on the socket (or skips a malformed one) and moves past it.
-    async fn emit(&mut self, event: &Event) -> Step {
+    /// Live and gap-fill writes record their delay since the publish; a resume's
+    /// backlog does not (its age is the device's absence, not the gateway's speed).
+    async fn emit(&mut self, event: &Event, path: Path) -> Step {
         if let Some(msg) = event.encoded(self.d.encoding()) {
             self.feed(msg).await?;
             event.trace.written();
+            self.s.stats.metrics.event(path);
+            if path != Path::Replay
+                && let Some(delay) = event.since_published()
+            {
+                self.latency.observe(delay.as_secs_f64());
+            }
             self.d.sent_event(event.seq);
             self.s.backend.track(TrackKind::Delivered, event.seq);
             if self.unacked.len() == MAX_UNACKED {
@@ -292,8 +313,9 @@ where
     }
 
     async fn inbound(&mut self, incoming: Option<Result<Message, E>>) -> Step {
-        if matches!(&incoming, Some(Ok(m)) if !matches!(m, Message::Close(_)))
-            && !self.frames.take()
+        if let Some(Ok(m)) = &incoming
+            && !matches!(m, Message::Close(_))
+            && !self.frames.take_n(self.d.cost(m))
         {
             return Err(Stop::Close(CloseReason::RateLimited));
         }
@@ -310,7 +332,10 @@ where
         for action in Box::pin(self.d.inbound(&msg)).await {
             match action {
                 Inbound::Reply(m) => self.write(m).await?,
-                Inbound::Ack(seq) => self.ack(seq, true).await,
+                Inbound::Ack(seq) => {
+                    self.s.stats.metrics.ack();
+                    self.ack(seq, true).await
+                }
                 Inbound::Close(reason) => return Err(Stop::Close(reason)),
                 Inbound::Gone => return Err(Stop::Gone),
                 Inbound::Expiry(at) => self.expiry.as_mut().reset(at),

@@ -33,7 +33,13 @@ impl FrameBudget {
     }
 
     /// Spends one allowance for a client frame; false when none is left.
+    #[cfg(test)]
     pub(super) fn take(&mut self) -> bool {
+        self.take_n(1)
+    }
+
+    /// Spends `n` allowances (a frame carrying `n` messages); false when fewer are left.
+    pub(super) fn take_n(&mut self, n: u32) -> bool {
         let now = Instant::now();
         let per = self.limit.interval.as_secs_f64();
         if per > 0.0 {
@@ -43,8 +49,9 @@ impl FrameBudget {
             self.tokens = f64::from(self.limit.burst);
         }
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n.max(1));
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false

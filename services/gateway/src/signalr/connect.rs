@@ -46,9 +46,12 @@ pub(crate) async fn upgrade(
     let start_after = choose_start(&app, &user, resuming.as_ref(), since, device.as_ref()).await?;
     let max_message = app.cfg.signalr_max_message;
     let ws = sized(ws, max_message * MESSAGES_PER_FRAME);
-    let ticket = app.conn_limit.admit(&user, &connection_id).await?;
+    // One limit entry per socket, not per connection token: a negotiated token is
+    // valid for an hour, and sockets sharing it must each count (and be evictable).
+    let entry = format!("{connection_id}-{}", nuid::next());
+    let ticket = app.conn_limit.admit(&user, &entry).await?;
     let accepted = Accepted {
-        admitted: Admitted::new(app, user, device).until_expiry_of(&identity),
+        admitted: Admitted::new(app, user, device)?.until_expiry_of(&identity),
         connection_id,
         stateful,
         resuming,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
 use ziraai_proto::signalr::{
-    ClientMessage, HubMessageError, HubProtocol, ServerMessage, parse_messages,
+    ClientMessage, HubMessageError, HubProtocol, ServerMessage, count_messages, parse_messages,
 };
 
 use super::stateful::Stateful;
@@ -59,6 +59,15 @@ impl Dialect for SignalrDialect {
 
     fn encoding(&self) -> Encoding {
         Encoding::Hub(self.protocol)
+    }
+
+    fn cost(&self, msg: &Message) -> u32 {
+        let bytes: &[u8] = match msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => return 1,
+        };
+        u32::try_from(count_messages(self.protocol, bytes)).unwrap_or(u32::MAX)
     }
 
     async fn inbound(&mut self, msg: &Message) -> Vec<Inbound> {
