@@ -220,6 +220,27 @@ async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str, signalr: b
             delivered.contains(&format!("\"span_id\":\"{}\"", deliver.span_id)),
             "{delivered}"
         );
+        // The close line: who, which connection, which protocol, code and reason.
+        phone.close().await;
+        let deadline = Instant::now() + SPANS;
+        let closed = loop {
+            let stderr = gw.stderr();
+            if let Some(line) = stderr.lines().find(|l| l.contains("\"socket closed\"")) {
+                break line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no close line:\n{stderr}");
+            // Polling the child's captured stderr, bounded by the deadline.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for field in [
+            format!("\"user\":\"{u}\""),
+            "\"connection_id\":".into(),
+            "\"protocol\":\"native-json\"".into(),
+            "\"close_code\":0".into(),
+            "\"close_reason\":\"client closed or gone\"".into(),
+        ] {
+            assert!(closed.contains(&field), "{field} in {closed}");
+        }
     }
 }
 

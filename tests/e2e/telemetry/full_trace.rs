@@ -1,7 +1,6 @@
 //! (a): one job, one trace, from the worker's `job` to the device's `notify.ack`:
 //! `job` → `analyzer.call`, `notify.publish` → `notify.deliver` (native and SignalR
-//! sockets of the user) → `notify.ack`. The worker's spans come from helper `spans`'
-//! branch: until it is merged this test fails at the wait for `job`.
+//! sockets of the user) → `notify.ack`, across two processes and NATS.
 
 use async_nats::jetstream;
 use serde_json::json;
