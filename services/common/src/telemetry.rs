@@ -153,10 +153,15 @@ where
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
+        // JSON lines name their span by `trace_id`/`span_id` only: the layer skips spans
+        // (no field formatting per delivery span on the hot path).
         LogFormat::Json => fmt
             .fmt_fields(json_ids::JsonWithIds::fields())
             .event_format(json_ids::JsonWithIds::default())
-            .with_filter(filter)
+            .with_filter(filter::FilterExt::and(
+                filter,
+                filter::filter_fn(|m| !m.is_span()),
+            ))
             .boxed(),
         LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),
     }

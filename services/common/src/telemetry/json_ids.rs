@@ -47,14 +47,17 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        // Before formatting: `context()` takes the span's extensions for writing.
-        let ids = ctx.lookup_current().and_then(|_| {
-            let cx = tracing::Span::current().context();
-            let span = cx.span();
-            let sc = span.span_context();
-            sc.is_valid()
-                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
-        });
+        // The dispatcher's current span (this layer itself skips spans); before
+        // formatting: `context()` takes the span's extensions for writing.
+        let current = tracing::Span::current();
+        let ids = (!current.is_none())
+            .then(|| current.context())
+            .and_then(|cx| {
+                let span = cx.span();
+                let sc = span.span_context();
+                sc.is_valid()
+                    .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+            });
         let Some((trace_id, span_id)) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
