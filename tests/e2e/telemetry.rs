@@ -354,3 +354,43 @@ async fn an_unreachable_collector_never_slows_deliveries_and_drops_are_counted()
     deliveries_continue_without_a_collector(OtlpReceiver::unreachable().await.expect("closed"))
         .await;
 }
+
+/// A resume's backlog is one `notify.replay` (from where, how many, why), linked to
+/// each replayed event's producer span.
+#[tokio::test]
+async fn a_resume_replays_under_one_notify_replay_linked_to_the_publishers() {
+    let nats = NatsServer::start().await;
+    let receiver = OtlpReceiver::start(OtlpProtocol::HttpProtobuf)
+        .await
+        .expect("receiver");
+    let gw = gateway_with(&nats, &otel_vars(&receiver, &[])).await;
+    let js = jetstream::new(nats.client().await);
+    let u = user("replayed");
+    let mut producers = Vec::new();
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let (tp, trace, span) = producer_traceparent();
+        seqs.push(publish_traced(&js, &u, Some(&tp)).await);
+        producers.push((trace, span));
+    }
+    let (mut c, _) = WsClient::resume(&gw.ws_url(), &u, "since=0").await;
+    assert_eq!(c.seqs(3).await, seqs);
+    let spans = receiver
+        .wait_for(SPANS, |s| {
+            s.iter()
+                .any(|s| s.name == "notify.replay" && s.attr("count") == Some("3"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; gateway stderr:\n{}", gw.stderr()));
+    let replay = spans
+        .iter()
+        .find(|s| s.name == "notify.replay")
+        .expect("replay span");
+    assert_eq!(replay.attr("from_seq"), Some(seqs[0].to_string().as_str()));
+    assert_eq!(replay.attr("replay.reason"), Some("resume"));
+    assert_eq!(replay.links, producers, "linked to each event's publisher");
+    assert!(
+        replay.parent_span_id.is_empty(),
+        "a resume starts its own trace"
+    );
+}
