@@ -379,7 +379,26 @@ async fn a_password_in_the_nats_url_never_reaches_a_log_line() {
     assert!(page.contains("ziraai-worker submit"), "the demo page is on");
     assert!(!page.contains("{{"), "every placeholder filled");
     assert!(!page.contains(&gw_pw), "the password is on the demo page");
-    let socket = WsClient::open(&gateway.ws_url(), &u).await;
+    let mut socket = WsClient::open(&gateway.ws_url(), &u).await;
+    // A token refreshed in-band travels in a frame: the WebSocket library's trace
+    // lines print frames, and must not print this one.
+    let fresh = ziraai_gateway::auth::mint(
+        &ziraai_common::GatewayServiceConfig::development()
+            .auth
+            .jwt_secret,
+        u.as_str(),
+        900,
+    );
+    socket
+        .send_text(&serde_json::json!({"type": "auth", "token": fresh}).to_string())
+        .await;
+    assert!(
+        matches!(
+            socket.frame().await,
+            ziraai_proto::ServerFrame::Authenticated { .. }
+        ),
+        "refreshed"
+    );
     socket.close().await;
     gateway.sigterm();
     let status = gateway.wait_exit(Duration::from_secs(30)).await;
@@ -389,5 +408,10 @@ async fn a_password_in_the_nats_url_never_reaches_a_log_line() {
     assert!(
         !out.contains(&gw_pw),
         "the password is in the output:\n{out}"
+    );
+    let signature = fresh.rsplit('.').next().unwrap_or_default();
+    assert!(
+        !out.contains(signature),
+        "a refreshed token is in the output:\n{out}"
     );
 }

@@ -144,13 +144,21 @@ pub fn init_cli(format: LogFormat) {
         .try_init();
 }
 
+/// Trace lines of the WebSocket libraries (bridged from `log`), which print frames.
+fn prints_frames(m: &tracing::Metadata<'_>) -> bool {
+    *m.level() == tracing::Level::TRACE
+        && (m.target().starts_with("tungstenite") || m.target().starts_with("tokio_tungstenite"))
+}
+
 /// The log-line layer, filtered by `RUST_LOG` (per layer: the span layer is not).
 fn log_layer<S>(format: LogFormat, default_level: &str) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Whatever RUST_LOG says, never the WebSocket library's trace lines: they print
+    // whole frames, and a client's `auth` frame carries its token.
+    let filter = filter::FilterExt::and(env, filter::filter_fn(|m| !prints_frames(m)));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         // JSON lines name their span by `trace_id`/`span_id` only: the layer skips spans
