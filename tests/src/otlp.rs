@@ -90,10 +90,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A span's attributes by key. A key exported twice is a bug (an attribute recorded
+/// more than once is sent once per record): its value becomes `DUPLICATE:…` so any
+/// assertion on it fails and names the problem.
 fn attributes(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), value(kv.value.as_ref())))
-        .collect()
+    let mut out = HashMap::new();
+    for kv in kvs {
+        let v = value(kv.value.as_ref());
+        if let Some(first) = out.get(&kv.key) {
+            let both = format!("DUPLICATE:{first}|{v}");
+            out.insert(kv.key.clone(), both);
+        } else {
+            out.insert(kv.key.clone(), v);
+        }
+    }
+    out
 }
 
 fn value(v: Option<&AnyValue>) -> String {

@@ -84,27 +84,17 @@ pub fn init_service(
     vars: &HashMap<String, String>,
 ) -> (Telemetry, Vec<String>) {
     let (settings, mut warnings) = Settings::from_vars(vars, service.default_name);
-    let provider = match settings.endpoint.as_deref() {
-        Some(endpoint) => match build_provider(&settings, endpoint, &service) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                warnings.push(format!("traces are not exported: {e}"));
-                None
-            }
-        },
-        None => None,
+    // Without an endpoint (or with the SDK disabled) a provider without an exporter
+    // still gives spans their ids and carries `traceparent` through this service, so a
+    // producer's or the platform's trace is not cut here; nothing is exported.
+    let provider = match build_provider(&settings, settings.endpoint.as_deref(), &service) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warnings.push(format!("traces are not exported: {e}"));
+            build_provider(&settings, None, &service).ok()
+        }
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("ziraai"))
-            .with_location(false)
-            .with_threads(false)
-            // Only our own spans: never the exporter's HTTP/2 client (a feedback loop)
-            // nor other libraries'. Not `RUST_LOG`: log quietness must not hide spans.
-            .with_filter(filter::filter_fn(|m| {
-                m.target().starts_with("ziraai") && *m.level() <= tracing::Level::INFO
-            }))
-    });
+    let otel = provider.as_ref().map(span_layer);
     let installed = tracing_subscriber::registry()
         .with(otel)
         .with(log_layer(format, "info"))
@@ -139,9 +129,38 @@ pub fn init(format: LogFormat) {
 /// Installs the global subscriber for a command-line tool whose stdout is its result:
 /// default level `warn`, so connection chatter stays out of the terminal. No spans.
 pub fn init_cli(format: LogFormat) {
-    let _ = tracing_subscriber::registry()
+    // Spans without an exporter: a published event or submitted job still carries a
+    // `traceparent`, so the services' spans of it form one trace.
+    let provider = SdkTracerProvider::builder().build();
+    let installed = tracing_subscriber::registry()
+        .with(span_layer(&provider))
         .with(log_layer(format, "warn"))
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+}
+
+/// The span layer: only this project's spans at info or above (never the exporter's
+/// HTTP/2 client, a feedback loop, nor other libraries'), and not `RUST_LOG`: log
+/// quietness must not hide spans.
+fn span_layer<S>(provider: &SdkTracerProvider) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("ziraai"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(filter::filter_fn(|m| {
+            m.target().starts_with("ziraai") && *m.level() <= tracing::Level::INFO
+        }))
+        .boxed()
 }
 
 /// Trace lines of the WebSocket libraries (bridged from `log`), which print frames.
@@ -175,9 +194,11 @@ where
     }
 }
 
+/// The tracer provider: with the bounded OTLP export when `endpoint` is given, else
+/// without any span processor (ids and propagation only, nothing attempted).
 fn build_provider(
     settings: &Settings,
-    endpoint: &str,
+    endpoint: Option<&str>,
     service: &ServiceInfo,
 ) -> Result<SdkTracerProvider, String> {
     let mut attrs: Vec<KeyValue> = settings
@@ -198,6 +219,12 @@ fn build_provider(
         .with_attributes(attrs)
         .with_service_name(settings.service_name.clone())
         .build();
+    let Some(endpoint) = endpoint else {
+        return Ok(SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(sampler(settings.sampler))
+            .build());
+    };
     let limits = processor::Limits {
         queue: settings.queue_size,
         batch: settings.batch_size,

@@ -332,6 +332,9 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
         }
         _ => tracing::Span::none(),
     };
+    // Kept by the event before any socket sees it (a socket's write records its delay
+    // into it): the span ends once the last socket has written the event.
+    let _ = event.trace.span.set(span.clone());
     let event = Arc::new(event);
     let mut queued = 0_usize;
     let mut protocols: Vec<&'static str> = Vec::new();
@@ -364,6 +367,4 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
             tracing::debug!(user = %user, seq, sockets = queued, "delivered");
         }
     }
-    // Kept by the event: the span ends once the last socket has written it.
-    let _ = event.trace.span.set(span);
 }

@@ -26,8 +26,38 @@ pub struct EventTrace {
     /// The `notify.deliver` span's context, set by the hub's fan-out.
     pub delivery: OnceLock<SpanContext>,
     /// The `notify.deliver` span itself: it ends when the event is dropped, i.e. after
-    /// the last socket wrote it (or dropped it), and each write records its delay.
+    /// the last socket wrote it (or dropped it).
     pub span: OnceLock<tracing::Span>,
+    /// The longest publish → write delay so far, recorded on the span once, when the
+    /// event is dropped (an attribute recorded at every write would be exported once
+    /// per write).
+    pub max_delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for EventTrace {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.get() {
+            let delay = self.max_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+            span.record("delivery.delay_ms", delay);
+        }
+    }
+}
+
+/// `notify.replay` of one catch-up: started at its first replayed event; its `count`
+/// is recorded once, when the catch-up ends however it ends (recorded per event, it
+/// would be exported once per event).
+#[derive(Default)]
+pub(crate) struct ReplayTrace {
+    pub(crate) span: Option<tracing::Span>,
+    pub(crate) count: u64,
+}
+
+impl Drop for ReplayTrace {
+    fn drop(&mut self) {
+        if let Some(span) = &self.span {
+            span.record("count", self.count);
+        }
+    }
 }
 
 impl EventTrace {
@@ -44,6 +74,7 @@ impl EventTrace {
             published,
             delivery: OnceLock::new(),
             span: OnceLock::new(),
+            max_delay_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -56,12 +87,11 @@ impl EventTrace {
         sc.is_valid().then_some(sc)
     }
 
-    /// A socket wrote the event: `delivery.delay_ms` becomes publish → this write (the
-    /// last write's value stays: the slowest socket of the user on this gateway).
+    /// A socket wrote the event: `delivery.delay_ms` becomes the slowest socket's
+    /// publish → write delay (recorded once, when the event is dropped).
     pub fn written(&self) {
-        if let Some(span) = self.span.get() {
-            span.record("delivery.delay_ms", self.delay_ms());
-        }
+        self.max_delay_ms
+            .fetch_max(self.delay_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Milliseconds from the server's store time to now (0 when unknown or skewed).
@@ -99,8 +129,12 @@ pub(crate) fn deliver_span(user: &str, seq: u64, kind: &str, trace: &EventTrace)
         messaging.system = "nats",
         sockets = tracing::field::Empty,
         protocols = tracing::field::Empty,
-        delivery.delay_ms = trace.delay_ms(),
+        delivery.delay_ms = tracing::field::Empty,
     );
+    // Publish → fan-out, until a socket writes it.
+    trace
+        .max_delay_ms
+        .fetch_max(trace.delay_ms(), std::sync::atomic::Ordering::Relaxed);
     if trace.parent.span().span_context().is_valid() {
         let _ = span.set_parent(trace.parent.clone());
     }

@@ -195,7 +195,7 @@ where
     ) -> Step {
         let mut sent = 0usize;
         // Started at the first replayed event: a socket with nothing to replay has none.
-        let mut span: Option<tracing::Span> = None;
+        let mut trace = crate::trace::ReplayTrace::default();
         loop {
             let Some(event) = self.read_next().await? else {
                 return Ok(());
@@ -204,7 +204,7 @@ where
                 return Ok(());
             }
             self.s.stats.replayed.fetch_add(1, Ordering::Relaxed);
-            let replay = span.get_or_insert_with(|| {
+            let replay = trace.span.get_or_insert_with(|| {
                 let reason = if path == Path::GapFill {
                     "gap_fill"
                 } else {
@@ -212,7 +212,6 @@ where
                 };
                 crate::trace::replay_span(event.seq, reason, parent.as_ref())
             });
-            replay.record("count", sent as u64 + 1);
             if sent < crate::trace::MAX_LINKS
                 && let Some(cx) = event.trace.context()
             {
@@ -220,6 +219,7 @@ where
             }
             self.emit(&event, path).await?;
             sent += 1;
+            trace.count = sent as u64;
             if sent.is_multiple_of(WRITE_BATCH) {
                 self.flush().await?;
             }
