@@ -319,7 +319,10 @@ mod tests {
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ]);
         assert!(w.is_empty(), "{w:?}");
-        assert_eq!(s.metrics.endpoint.as_deref(), Some("http://c:4318/v1/metrics"));
+        assert_eq!(
+            s.metrics.endpoint.as_deref(),
+            Some("http://c:4318/v1/metrics")
+        );
         assert_eq!(s.metrics.protocol, Protocol::HttpProtobuf);
         assert_eq!(s.metrics.interval, Duration::from_millis(200));
         let (s, _) = settings(&[

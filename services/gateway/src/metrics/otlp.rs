@@ -38,6 +38,7 @@ pub(super) fn latency_histogram() -> Histogram<f64> {
 }
 
 type Read = fn(&AppState) -> u64;
+type Level = fn(&AppState) -> i64;
 
 /// Unlabelled counters: (name without `_total`, help, value).
 const COUNTERS: [(&str, &str, Read); 8] = [
@@ -78,13 +79,17 @@ const COUNTERS: [(&str, &str, Read); 8] = [
 ];
 
 /// Unlabelled gauges: (name, help, value).
-const GAUGES: [(&str, &str, fn(&AppState) -> i64); 4] = [
-    ("ziraai_gateway_users", "Users with a live subscription", |a| {
-        i64::try_from(a.hub.users()).unwrap_or(i64::MAX)
-    }),
-    ("ziraai_gateway_nats_connected", "1 while connected to NATS", |a| {
-        i64::from(nats_connected(a))
-    }),
+const GAUGES: [(&str, &str, Level); 4] = [
+    (
+        "ziraai_gateway_users",
+        "Users with a live subscription",
+        |a| i64::try_from(a.hub.users()).unwrap_or(i64::MAX),
+    ),
+    (
+        "ziraai_gateway_nats_connected",
+        "1 while connected to NATS",
+        |a| i64::from(nats_connected(a)),
+    ),
     (
         "ziraai_gateway_ready",
         "1 while connected to NATS and not draining",
@@ -147,7 +152,10 @@ pub(crate) fn register(app: &Arc<AppState>) {
     );
     labelled_counter(
         &meter,
-        ("ziraai_gateway_events", "Events written to sockets, by path"),
+        (
+            "ziraai_gateway_events",
+            "Events written to sockets, by path",
+        ),
         stats.clone(),
         |s| {
             Path::ALL
