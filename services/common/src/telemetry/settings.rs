@@ -106,9 +106,13 @@ impl Settings {
                 None | Some("grpc") => Protocol::Grpc,
                 Some("http/protobuf") => Protocol::HttpProtobuf,
                 Some(other) => {
-                    warnings.push(format!(
+                    let w = format!(
                         "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (grpc or http/protobuf); using grpc"
-                    ));
+                    );
+                    // Once, though both signals read the generic variable.
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
                     Protocol::Grpc
                 }
             };
