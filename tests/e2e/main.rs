@@ -13,6 +13,7 @@ mod forged;
 mod infra_configs;
 mod lifecycle;
 mod metrics;
+mod otlp_metrics;
 mod permissions;
 mod polling;
 mod processes;

@@ -1,6 +1,7 @@
-//! An OTLP receiver for tests: real OTLP over gRPC (the collector's `TraceService`,
-//! tonic with the `opentelemetry-proto` types) or HTTP/protobuf (`POST /v1/traces`),
-//! on `127.0.0.1:0`, collecting every span for assertions. Two broken collectors too:
+//! An OTLP receiver for tests: real OTLP over gRPC (the collector's `TraceService` and
+//! `MetricsService`, tonic with the `opentelemetry-proto` types) or HTTP/protobuf
+//! (`POST /v1/traces`, `POST /v1/metrics`), on `127.0.0.1:0`, collecting every span
+//! and metric data point ([`metrics`]) for assertions. Two broken collectors too:
 //! [`OtlpReceiver::stalled`] accepts connections and never answers, and
 //! [`OtlpReceiver::unreachable`] is a closed port.
 
@@ -9,7 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub(crate) mod metrics;
+
 use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -155,6 +159,7 @@ pub struct OtlpReceiver {
     addr: SocketAddr,
     protocol: OtlpProtocol,
     collected: Arc<Collected>,
+    metrics: Arc<metrics::Collected>,
     stop: CancellationToken,
 }
 
@@ -170,6 +175,7 @@ impl OtlpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let collected = Arc::new(Collected::default());
+        let points = Arc::new(metrics::Collected::default());
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         match protocol {
@@ -177,6 +183,7 @@ impl OtlpReceiver {
                 let incoming = tokio_stream_from(listener);
                 let server = tonic::transport::Server::builder()
                     .add_service(TraceServiceServer::new(Grpc(collected.clone())))
+                    .add_service(MetricsServiceServer::new(metrics::Grpc(points.clone())))
                     .serve_with_incoming_shutdown(incoming, shutdown);
                 tokio::spawn(async move {
                     let _ = server.await;
@@ -184,32 +191,34 @@ impl OtlpReceiver {
             }
             OtlpProtocol::HttpProtobuf => {
                 let c = collected.clone();
-                let app = axum::Router::new().route(
-                    "/v1/traces",
-                    axum::routing::post(move |body: Bytes| {
-                        let c = c.clone();
-                        async move {
-                            match ExportTraceServiceRequest::decode(body) {
-                                Ok(req) => {
-                                    c.add(req);
-                                    let resp = ExportTraceServiceResponse {
-                                        partial_success: None,
-                                    };
-                                    (
-                                        axum::http::StatusCode::OK,
-                                        [("content-type", "application/x-protobuf")],
-                                        resp.encode_to_vec(),
-                                    )
+                let app = axum::Router::new()
+                    .route(
+                        "/v1/traces",
+                        axum::routing::post(move |body: Bytes| {
+                            let c = c.clone();
+                            async move {
+                                match ExportTraceServiceRequest::decode(body) {
+                                    Ok(req) => {
+                                        c.add(req);
+                                        let resp = ExportTraceServiceResponse {
+                                            partial_success: None,
+                                        };
+                                        (
+                                            axum::http::StatusCode::OK,
+                                            [("content-type", "application/x-protobuf")],
+                                            resp.encode_to_vec(),
+                                        )
+                                    }
+                                    Err(_) => (
+                                        axum::http::StatusCode::BAD_REQUEST,
+                                        [("content-type", "text/plain")],
+                                        b"not an ExportTraceServiceRequest".to_vec(),
+                                    ),
                                 }
-                                Err(_) => (
-                                    axum::http::StatusCode::BAD_REQUEST,
-                                    [("content-type", "text/plain")],
-                                    b"not an ExportTraceServiceRequest".to_vec(),
-                                ),
                             }
-                        }
-                    }),
-                );
+                        }),
+                    )
+                    .route("/v1/metrics", metrics::http_route(points.clone()));
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(shutdown)
@@ -221,6 +230,7 @@ impl OtlpReceiver {
             addr,
             protocol,
             collected,
+            metrics: points,
             stop,
         })
     }
@@ -247,6 +257,7 @@ impl OtlpReceiver {
             addr,
             protocol: OtlpProtocol::Grpc,
             collected: Arc::default(),
+            metrics: Arc::default(),
             stop,
         })
     }
@@ -260,6 +271,7 @@ impl OtlpReceiver {
             addr,
             protocol: OtlpProtocol::Grpc,
             collected: Arc::default(),
+            metrics: Arc::default(),
             stop: CancellationToken::new(),
         })
     }
@@ -319,6 +331,53 @@ impl OtlpReceiver {
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
                 anyhow::bail!("spans not as expected within {timeout:?}; received {names:?}");
+            }
+        }
+    }
+}
+
+impl OtlpReceiver {
+    /// Every metric data point received so far, in arrival order.
+    pub fn points(&self) -> Vec<metrics::ReceivedPoint> {
+        self.metrics.points()
+    }
+
+    /// The latest data point of `name` whose attributes include `attrs`.
+    pub fn latest_point(
+        &self,
+        name: &str,
+        attrs: &[(&str, &str)],
+    ) -> Option<metrics::ReceivedPoint> {
+        self.points().into_iter().rev().find(|p| {
+            p.name == name
+                && attrs
+                    .iter()
+                    .all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// Waits until `done` holds for the received data points; them, or an error
+    /// naming the metrics that arrived by the deadline.
+    pub async fn wait_for_points<F>(
+        &self,
+        timeout: Duration,
+        done: F,
+    ) -> anyhow::Result<Vec<metrics::ReceivedPoint>>
+    where
+        F: Fn(&[metrics::ReceivedPoint]) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.metrics.changed.notified();
+            let points = self.points();
+            if done(&points) {
+                return Ok(points);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let mut names: Vec<_> = points.iter().map(|p| p.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                anyhow::bail!("metrics not as expected within {timeout:?}; received {names:?}");
             }
         }
     }

@@ -5,9 +5,12 @@
 //! HTTP/protobuf) at a collector; `RUST_LOG` does not filter them, the sampler does. No
 //! endpoint: no exporter, nothing attempted. Tokens and secrets are never logged nor put
 //! in span attributes: the configuration types keep them in `SecretString`. Trace
-//! context crosses NATS in W3C headers ([`propagation`]).
+//! context crosses NATS in W3C headers ([`propagation`]). Metrics: with a metrics
+//! endpoint, a global OTel meter provider pushes every `OTEL_METRIC_EXPORT_INTERVAL`
+//! ([`meters`]); the services' instruments come from `opentelemetry::global::meter`.
 
 mod json_ids;
+mod meters;
 mod processor;
 pub mod propagation;
 pub mod settings;
@@ -19,6 +22,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -46,10 +50,11 @@ pub struct ServiceInfo {
     pub environment: &'static str,
 }
 
-/// Keeps the tracer provider; [`Telemetry::shutdown`] flushes it at exit.
+/// Keeps the tracer and meter providers; [`Telemetry::shutdown`] flushes them at exit.
 #[must_use = "call shutdown() at exit so the last spans are exported"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -58,17 +63,37 @@ impl Telemetry {
         self.provider.is_some()
     }
 
+    /// Whether metrics are pushed by OTLP (a metrics endpoint is set, SDK enabled).
+    pub fn exporting_metrics(&self) -> bool {
+        self.meters.is_some()
+    }
+
     /// Flushes and stops the exporter, waiting at most `grace` (on a plain thread, not
     /// an async worker: without a collector the exporter retries for about a second).
+    /// Both providers stop in parallel (the last metrics are pushed too).
     pub fn shutdown(self, grace: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut waiting = 0;
         if let Some(provider) = self.provider {
-            let (tx, rx) = std::sync::mpsc::channel();
+            let tx = tx.clone();
+            waiting += 1;
             std::thread::spawn(move || {
-                let _ = tx.send(provider.shutdown_with_timeout(grace));
+                let _ = tx.send(("span", provider.shutdown_with_timeout(grace)));
             });
-            match rx.recv_timeout(grace + Duration::from_millis(100)) {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "span exporter shutdown"),
+        }
+        if let Some(meters) = self.meters {
+            waiting += 1;
+            std::thread::spawn(move || {
+                let _ = tx.send(("metric", meters.shutdown_with_timeout(grace)));
+            });
+        }
+        let deadline = std::time::Instant::now() + grace + Duration::from_millis(100);
+        for _ in 0..waiting {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((_, Ok(()))) => {}
+                Ok((what, Err(e))) => tracing::debug!(error = %e, "{what} exporter shutdown"),
+                Err(_) => break,
             }
         }
     }
@@ -84,14 +109,30 @@ pub fn init_service(
     vars: &HashMap<String, String>,
 ) -> (Telemetry, Vec<String>) {
     let (settings, mut warnings) = Settings::from_vars(vars, service.default_name);
+    let resource = resource(&settings, &service);
+    let meters = match settings.metrics.endpoint.as_deref() {
+        Some(endpoint) => match meters::build(
+            &settings.metrics,
+            endpoint,
+            settings.export_timeout,
+            resource.clone(),
+        ) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warnings.push(format!("metrics are not exported: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     // Without an endpoint (or with the SDK disabled) a provider without an exporter
     // still gives spans their ids and carries `traceparent` through this service, so a
     // producer's or the platform's trace is not cut here; nothing is exported.
-    let provider = match build_provider(&settings, settings.endpoint.as_deref(), &service) {
+    let provider = match build_provider(&settings, settings.endpoint.as_deref(), resource.clone()) {
         Ok(p) => Some(p),
         Err(e) => {
             warnings.push(format!("traces are not exported: {e}"));
-            build_provider(&settings, None, &service).ok()
+            build_provider(&settings, None, resource).ok()
         }
     };
     let otel = provider.as_ref().map(span_layer);
@@ -100,22 +141,27 @@ pub fn init_service(
         .with(log_layer(format, "info"))
         .try_init()
         .is_ok();
-    match (installed, provider) {
-        (true, Some(p)) => {
-            opentelemetry::global::set_text_map_propagator(
-                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-            );
-            opentelemetry::global::set_tracer_provider(p.clone());
-            (Telemetry { provider: Some(p) }, warnings)
-        }
-        (_, p) => {
-            // Not installed (a second call): stop the unused exporter thread.
-            if let Some(p) = p {
-                let _ = std::thread::spawn(move || p.shutdown_with_timeout(SHUTDOWN_GRACE));
-            }
-            (Telemetry { provider: None }, warnings)
-        }
+    if !installed {
+        // Not installed (a second call): stop the unused exporter threads.
+        let unused = Telemetry { provider, meters };
+        let _ = std::thread::spawn(move || unused.shutdown(SHUTDOWN_GRACE));
+        let none = Telemetry {
+            provider: None,
+            meters: None,
+        };
+        return (none, warnings);
     }
+    if let Some(p) = &provider {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    if let Some(m) = &meters {
+        // Before the services build their instruments (they take the global meter).
+        opentelemetry::global::set_meter_provider(m.clone());
+    }
+    (Telemetry { provider, meters }, warnings)
 }
 
 /// Installs the global subscriber for a service (default level `info`), logs only; a
@@ -127,7 +173,8 @@ pub fn init(format: LogFormat) {
 }
 
 /// Installs the global subscriber for a command-line tool whose stdout is its result:
-/// default level `warn`, so connection chatter stays out of the terminal. No spans.
+/// default level `warn`, so connection chatter stays out of the terminal; spans are
+/// not exported, only carried (`traceparent`) to what the command publishes.
 pub fn init_cli(format: LogFormat) {
     // Spans without an exporter: a published event or submitted job still carries a
     // `traceparent`, so the services' spans of it form one trace.
@@ -194,13 +241,8 @@ where
     }
 }
 
-/// The tracer provider: with the bounded OTLP export when `endpoint` is given, else
-/// without any span processor (ids and propagation only, nothing attempted).
-fn build_provider(
-    settings: &Settings,
-    endpoint: Option<&str>,
-    service: &ServiceInfo,
-) -> Result<SdkTracerProvider, String> {
+/// The resource of both signals: `OTEL_RESOURCE_ATTRIBUTES` and the service's own.
+fn resource(settings: &Settings, service: &ServiceInfo) -> Resource {
     let mut attrs: Vec<KeyValue> = settings
         .resource
         .iter()
@@ -215,10 +257,19 @@ fn build_provider(
         "deployment.environment.name",
         service.environment,
     ));
-    let resource = Resource::builder_empty()
+    Resource::builder_empty()
         .with_attributes(attrs)
         .with_service_name(settings.service_name.clone())
-        .build();
+        .build()
+}
+
+/// The tracer provider: with the bounded OTLP export when `endpoint` is given, else
+/// without any span processor (ids and propagation only, nothing attempted).
+fn build_provider(
+    settings: &Settings,
+    endpoint: Option<&str>,
+    resource: Resource,
+) -> Result<SdkTracerProvider, String> {
     let Some(endpoint) = endpoint else {
         return Ok(SdkTracerProvider::builder()
             .with_resource(resource)

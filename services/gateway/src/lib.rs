@@ -183,6 +183,7 @@ impl App {
             demo,
             conn_limit,
         });
+        metrics::register_otlp(&state);
         Ok(Self {
             listener,
             state,

@@ -8,9 +8,14 @@
 //! already kept as atomics for `/health` (gaps, malformed, forged, evictions...) are
 //! read by a [`Collector`] at scrape time rather than counted twice. Names are a
 //! contract (alert rules and the dashboard in `infra/` use them; README lists them).
+//! The same metrics are pushed by OTLP when an endpoint is set ([`otlp`]).
+
+mod otlp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry::KeyValue;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -70,10 +75,30 @@ impl Path {
 
 type HistogramFamily = Family<Label, Histogram, fn() -> Histogram>;
 
+pub(crate) use otlp::register as register_otlp;
+
+/// `ziraai_delivery_latency_seconds` of one protocol, for `/metrics` and OTLP alike:
+/// resolved once per socket, then [`Latency::observe`] per write (no allocation).
+#[derive(Debug, Clone)]
+pub struct Latency {
+    prometheus: Histogram,
+    otel: opentelemetry::metrics::Histogram<f64>,
+    protocol: [KeyValue; 1],
+}
+
+impl Latency {
+    /// One write `secs` after the event's publish.
+    pub fn observe(&self, secs: f64) {
+        self.prometheus.observe(secs);
+        self.otel.record(secs, &self.protocol);
+    }
+}
+
 /// The instruments of the delivery path; cheap to clone (shared counters).
 #[derive(Debug, Clone)]
 pub struct Instruments {
     latency: HistogramFamily,
+    otel_latency: opentelemetry::metrics::Histogram<f64>,
     connections: Family<Label, Gauge>,
     events: Family<Label, Counter>,
     /// `events` children by [`Path`], resolved once.
@@ -100,6 +125,7 @@ impl Default for Instruments {
         let cursor_error = cursor_writes.get_or_create_owned(&[("result", "error")]);
         Self {
             latency,
+            otel_latency: otlp::latency_histogram(),
             connections,
             events,
             by_path,
@@ -114,9 +140,13 @@ impl Default for Instruments {
 impl Instruments {
     /// The latency histogram of one protocol: resolved once per socket, then
     /// `observe` per write.
-    pub fn latency(&self, encoding: Encoding) -> Histogram {
-        self.latency
-            .get_or_create_owned(&[("protocol", protocol_label(encoding))])
+    pub fn latency(&self, encoding: Encoding) -> Latency {
+        let protocol = protocol_label(encoding);
+        Latency {
+            prometheus: self.latency.get_or_create_owned(&[("protocol", protocol)]),
+            otel: self.otel_latency.clone(),
+            protocol: [KeyValue::new("protocol", protocol)],
+        }
     }
 
     /// Open sockets of one protocol (incremented while a socket is served).

@@ -114,6 +114,11 @@ impl WorkerApp {
             stopping: stop.clone(),
             queue: Arc::new(crate::metrics::QueueDepth::new(self.consumer.clone())),
         };
+        let probe = self.probe();
+        let h = health.clone();
+        crate::metrics::otlp::register(probe.counters, probe.breaker, move || {
+            readiness(&h).is_ready()
+        });
         let router = Router::new()
             .route("/health/live", get(|| async { health::live() }))
             .route("/health/ready", get(ready))

@@ -4,6 +4,9 @@
 //! depth comes from the consumer's info, cached ([`QueueDepth`]) so a scrape never
 //! waits on the broker for long nor asks it more than every few seconds. Names are a
 //! contract (alert rules and the dashboard in `infra/` use them; README lists them).
+//! The same metrics are pushed by OTLP when an endpoint is set ([`otlp`]).
+
+pub(crate) mod otlp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,18 +27,20 @@ const QUEUE_DEPTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `ziraai_analyzer_latency_seconds`: one observation per analyzer call that ended
 /// (answered, refused, failed or timed out; a call abandoned at shutdown is not one).
+/// Recorded for `/metrics` and OTLP alike.
 #[derive(Debug, Clone)]
-pub struct AnalyzerLatency(Histogram);
+pub struct AnalyzerLatency(Histogram, opentelemetry::metrics::Histogram<f64>);
 
 impl Default for AnalyzerLatency {
     fn default() -> Self {
-        Self(analyzer_histogram())
+        Self(analyzer_histogram(), otlp::analyzer_histogram())
     }
 }
 
 impl AnalyzerLatency {
     pub fn observe(&self, took: Duration) {
         self.0.observe(took.as_secs_f64());
+        self.1.record(took.as_secs_f64(), &[]);
     }
 }
 

@@ -9,10 +9,13 @@ use std::time::Duration;
 pub const OTEL_VARS: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
@@ -22,6 +25,7 @@ pub const OTEL_VARS: &[&str] = &[
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_METRIC_EXPORT_INTERVAL",
 ];
 
 /// Default bound of the span queue between the services and the exporter thread.
@@ -30,6 +34,8 @@ pub const DEFAULT_QUEUE_SIZE: usize = 2048;
 pub const DEFAULT_BATCH_SIZE: usize = 512;
 /// Default delay between two exports (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds).
 pub const DEFAULT_SCHEDULE_DELAY: Duration = Duration::from_millis(5000);
+/// Default interval between two metric exports (`OTEL_METRIC_EXPORT_INTERVAL`, ms).
+pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_millis(60_000);
 /// Default time one export may take (`OTEL_EXPORTER_OTLP_TIMEOUT`, milliseconds).
 pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_millis(10_000);
 
@@ -67,6 +73,20 @@ pub struct Settings {
     pub export_timeout: Duration,
     pub queue_size: usize,
     pub batch_size: usize,
+    /// The metrics pipeline: same rules as traces with `_METRICS_` variants
+    /// (`/v1/metrics` appended for HTTP to the generic endpoint).
+    pub metrics: MetricsSettings,
+}
+
+/// Where and how often metrics are pushed by OTLP.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// Full URL of the metrics endpoint; `None`: no metric exporter.
+    pub endpoint: Option<String>,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds; default 60000).
+    pub interval: Duration,
 }
 
 impl Settings {
@@ -77,34 +97,45 @@ impl Settings {
         let mut warnings = Vec::new();
         let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
         let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let protocol_var =
-            get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or(get("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        let protocol = match protocol_var {
-            None | Some("grpc") => Protocol::Grpc,
-            Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some(other) => {
-                warnings.push(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (grpc or http/protobuf); using grpc"
-                ));
-                Protocol::Grpc
-            }
+        // One signal's endpoint, protocol and headers: its own variables, else the
+        // generic ones (`/v1/<signal>` appended for HTTP to the generic endpoint only).
+        let mut signal = |name: &str, path: &str| {
+            let protocol_var = get(&format!("OTEL_EXPORTER_OTLP_{name}_PROTOCOL"))
+                .or(get("OTEL_EXPORTER_OTLP_PROTOCOL"));
+            let protocol = match protocol_var {
+                None | Some("grpc") => Protocol::Grpc,
+                Some("http/protobuf") => Protocol::HttpProtobuf,
+                Some(other) => {
+                    let w = format!(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (grpc or http/protobuf); using grpc"
+                    );
+                    // Once, though both signals read the generic variable.
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                    Protocol::Grpc
+                }
+            };
+            let endpoint = match (
+                get(&format!("OTEL_EXPORTER_OTLP_{name}_ENDPOINT")),
+                get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            ) {
+                _ if disabled => None,
+                (Some(own), _) => Some(own.to_string()),
+                (None, Some(base)) if protocol == Protocol::HttpProtobuf => {
+                    Some(format!("{}/{path}", base.trim_end_matches('/')))
+                }
+                (None, Some(base)) => Some(base.to_string()),
+                (None, None) => None,
+            };
+            let mut headers = parse_pairs(get("OTEL_EXPORTER_OTLP_HEADERS").unwrap_or(""));
+            headers.extend(parse_pairs(
+                get(&format!("OTEL_EXPORTER_OTLP_{name}_HEADERS")).unwrap_or(""),
+            ));
+            (endpoint, protocol, headers)
         };
-        let endpoint = match (
-            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ) {
-            _ if disabled => None,
-            (Some(traces), _) => Some(traces.to_string()),
-            (None, Some(base)) if protocol == Protocol::HttpProtobuf => {
-                Some(format!("{}/v1/traces", base.trim_end_matches('/')))
-            }
-            (None, Some(base)) => Some(base.to_string()),
-            (None, None) => None,
-        };
-        let mut headers = parse_pairs(get("OTEL_EXPORTER_OTLP_HEADERS").unwrap_or(""));
-        headers.extend(parse_pairs(
-            get("OTEL_EXPORTER_OTLP_TRACES_HEADERS").unwrap_or(""),
-        ));
+        let (endpoint, protocol, headers) = signal("TRACES", "v1/traces");
+        let (m_endpoint, m_protocol, m_headers) = signal("METRICS", "v1/metrics");
         let mut resource = parse_pairs(get("OTEL_RESOURCE_ATTRIBUTES").unwrap_or(""));
         let from_resource = resource
             .iter()
@@ -131,6 +162,8 @@ impl Settings {
         };
         let schedule_delay = millis("OTEL_BSP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY);
         let export_timeout = millis("OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_EXPORT_TIMEOUT);
+        let metric_interval = millis("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_METRIC_INTERVAL)
+            .max(Duration::from_millis(1));
         let mut count = |k: &str, default: usize| match get(k).map(str::parse::<usize>) {
             None => default,
             Some(Ok(n)) if n > 0 => n,
@@ -153,6 +186,12 @@ impl Settings {
             export_timeout,
             queue_size,
             batch_size,
+            metrics: MetricsSettings {
+                endpoint: m_endpoint,
+                protocol: m_protocol,
+                headers: m_headers,
+                interval: metric_interval,
+            },
         };
         (settings, warnings)
     }
@@ -265,9 +304,45 @@ mod tests {
     fn disabled_wins_over_an_endpoint() {
         let (s, _) = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
             ("OTEL_SDK_DISABLED", "TRUE"),
         ]);
         assert_eq!(s.endpoint, None);
+        assert_eq!(s.metrics.endpoint, None);
+    }
+
+    #[test]
+    fn metrics_follow_the_generic_variables_unless_their_own_are_set() {
+        let (s, w) = settings(&[]);
+        assert!(w.is_empty());
+        assert_eq!(s.metrics.endpoint, None);
+        assert_eq!(s.metrics.interval, DEFAULT_METRIC_INTERVAL);
+        let (s, w) = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            s.metrics.endpoint.as_deref(),
+            Some("http://c:4318/v1/metrics")
+        );
+        assert_eq!(s.metrics.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.metrics.interval, Duration::from_millis(200));
+        let (s, _) = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+        ]);
+        assert_eq!(
+            (s.metrics.endpoint.as_deref(), s.metrics.protocol),
+            (Some("http://m:4317"), Protocol::Grpc)
+        );
+        assert_eq!(s.endpoint.as_deref(), Some("http://c:4318/v1/traces"));
+        let (s, _) = settings(&[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317")]);
+        assert_eq!(s.endpoint, None, "a metrics endpoint does not export spans");
+        assert!(s.metrics.endpoint.is_some());
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(super) struct Conn<S, B, D> {
     /// Client frames still allowed (`ZIRAAI_GATEWAY_CLIENT_FRAME_RATE`).
     frames: super::rate::FrameBudget,
     /// `ziraai_delivery_latency_seconds` of this socket's protocol, resolved once.
-    latency: prometheus_client::metrics::histogram::Histogram,
+    latency: crate::metrics::Latency,
 }
 
 type Step = Result<(), Stop>;
