@@ -26,7 +26,8 @@ pub(crate) struct Args {
 
 const USAGE: &str = "use --sockets N, --events N, --rate N, --no-tracking, --tracing both|on|off";
 
-fn args() -> anyhow::Result<Args> {
+/// Parses the flags (without the program name).
+fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut a = Args {
         sockets: 2000,
         events: 2000,
@@ -34,7 +35,6 @@ fn args() -> anyhow::Result<Args> {
         tracking: true,
         tracing: vec![false, true],
     };
-    let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--no-tracking" {
             a.tracking = false;
@@ -65,7 +65,7 @@ fn args() -> anyhow::Result<Args> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = parse(std::env::args().skip(1))?;
     println!("machine: {}", report::machine());
     println!(
         "load: {} sockets ({} users, 2 sockets each), {} events at {} /s, delivery tracking {}",
@@ -99,4 +99,36 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(flags: &str) -> anyhow::Result<Args> {
+        parse(flags.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn tracing_defaults_to_both_runs_off_first() {
+        let a = parsed("--sockets 10 --events 20 --rate 0 --no-tracking").expect("parses");
+        assert_eq!(
+            (a.sockets, a.events, a.rate, a.tracking),
+            (10, 20, 1, false)
+        );
+        assert_eq!(a.tracing, vec![false, true]);
+        assert_eq!(parsed("--tracing on").expect("parses").tracing, vec![true]);
+        assert_eq!(
+            parsed("--tracing off").expect("parses").tracing,
+            vec![false]
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(parsed("--tracing sometimes").is_err());
+        assert!(parsed("--sockets many").is_err());
+        assert!(parsed("--events").is_err());
+        assert!(parsed("--speed 3").is_err());
+    }
 }
