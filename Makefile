@@ -33,11 +33,11 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-proto --test props
 	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-worker --lib job::props
 
-## bench: load generator against a release gateway process (BENCH_ARGS="--sockets N --events N --rate N").
+## bench: the same load against a release gateway with tracing off, then on (OTLP to an in-process receiver), side by side (BENCH_ARGS="--sockets N --events N --rate N [--no-tracking] [--tracing both|on|off]").
 BENCH_ARGS ?= --sockets 4000 --events 3000 --rate 1000
 bench: nats-server
 	cargo build --release --locked --bins
-	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" target/release/ziraai-bench $(BENCH_ARGS)
+	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" $(or $(CARGO_TARGET_DIR),target)/release/ziraai-bench $(BENCH_ARGS)
 
 ## signalr-client: install the pinned official SignalR JS client (tests/signalr, from its lock file).
 SIGNALR_CLIENT := tests/signalr/node_modules/.package-lock.json
