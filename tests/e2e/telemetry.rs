@@ -4,6 +4,7 @@
 //! `OTEL_*` variables are process environment. Needs `cargo build --workspace --bins`.
 
 mod full_trace;
+mod no_endpoint;
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use ziraai_proto::{Envelope, PayloadEncoding, UserId};
 const SPANS: Duration = Duration::from_secs(10);
 
 /// A random sampled `traceparent`: (header, trace id, span id).
-fn producer_traceparent() -> (String, String, String) {
+pub(crate) fn producer_traceparent() -> (String, String, String) {
     use std::hash::BuildHasher;
     let random = || std::collections::hash_map::RandomState::new().hash_one(nuid::next().as_str());
     let trace = format!("{:016x}{:016x}", random(), random());
