@@ -33,6 +33,11 @@ pub const DEFAULT_QUEUE_SIZE: usize = 2048;
 /// Default largest batch sent in one export.
 pub const DEFAULT_BATCH_SIZE: usize = 512;
 /// Default delay between two exports (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds).
+/// Longest delay, timeout or interval accepted from the `OTEL_*` variables, ms.
+const MAX_MILLIS: u64 = 3_600_000;
+/// Largest span queue or batch accepted from the `OTEL_*` variables.
+const MAX_QUEUE: usize = 1_000_000;
+
 pub const DEFAULT_SCHEDULE_DELAY: Duration = Duration::from_millis(5000);
 /// Default interval between two metric exports (`OTEL_METRIC_EXPORT_INTERVAL`, ms).
 pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_millis(60_000);
@@ -136,6 +141,15 @@ impl Settings {
         };
         let (endpoint, protocol, headers) = signal("TRACES", "v1/traces");
         let (m_endpoint, m_protocol, m_headers) = signal("METRICS", "v1/metrics");
+        for e in endpoint.iter().chain(m_endpoint.iter()) {
+            let w = format!(
+                "OTLP endpoint {e:?}: TLS is not built in; export to a collector over plain \
+                 http (e.g. a sidecar or node-local agent) that forwards with TLS"
+            );
+            if e.starts_with("https://") && !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
         let mut resource = parse_pairs(get("OTEL_RESOURCE_ATTRIBUTES").unwrap_or(""));
         let from_resource = resource
             .iter()
@@ -150,12 +164,14 @@ impl Settings {
             get("OTEL_TRACES_SAMPLER_ARG"),
             &mut warnings,
         );
+        // Above zero and at most an hour: zero would spin (or time every export out),
+        // and a huge value overflows timers.
         let mut millis = |k: &str, default: Duration| match get(k).map(str::parse::<u64>) {
             None => default,
-            Some(Ok(ms)) => Duration::from_millis(ms),
-            Some(Err(_)) => {
+            Some(Ok(ms)) if (1..=MAX_MILLIS).contains(&ms) => Duration::from_millis(ms),
+            Some(_) => {
                 warnings.push(format!(
-                    "{k} is not a number of milliseconds; using the default"
+                    "{k} is not a number of milliseconds from 1 to {MAX_MILLIS}; using the default"
                 ));
                 default
             }
@@ -164,11 +180,14 @@ impl Settings {
         let export_timeout = millis("OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_EXPORT_TIMEOUT);
         let metric_interval = millis("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_METRIC_INTERVAL)
             .max(Duration::from_millis(1));
+        // Bounded: the queue is memory held while a collector is slow.
         let mut count = |k: &str, default: usize| match get(k).map(str::parse::<usize>) {
             None => default,
-            Some(Ok(n)) if n > 0 => n,
+            Some(Ok(n)) if (1..=MAX_QUEUE).contains(&n) => n,
             Some(_) => {
-                warnings.push(format!("{k} is not a positive number; using {default}"));
+                warnings.push(format!(
+                    "{k} is not a number from 1 to {MAX_QUEUE}; using {default}"
+                ));
                 default
             }
         };
@@ -391,5 +410,22 @@ mod tests {
         assert_eq!(s.protocol, Protocol::Grpc);
         assert_eq!(s.sampler, SamplerKind::Ratio(1.0));
         assert_eq!(s.schedule_delay, DEFAULT_SCHEDULE_DELAY);
+    }
+
+    #[test]
+    fn zero_or_huge_sizes_and_delays_are_refused_and_https_warns() {
+        let (s, w) = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4611686018427387904"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+        ]);
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert!(w.iter().any(|l| l.contains("TLS")), "{w:?}");
+        assert_eq!(s.schedule_delay, DEFAULT_SCHEDULE_DELAY);
+        assert_eq!(s.export_timeout, DEFAULT_EXPORT_TIMEOUT);
+        assert_eq!(s.queue_size, DEFAULT_QUEUE_SIZE);
+        assert_eq!(s.batch_size, DEFAULT_BATCH_SIZE);
     }
 }
