@@ -43,7 +43,11 @@ pub(super) struct Conn<S, B, D> {
     last_seen: u64,
     /// Sent, not yet acknowledged (for ack tracking), oldest first.
     /// With each its delivery's trace context (the `notify.ack` span links to it).
-    unacked: VecDeque<(u64, Option<SpanContext>)>,
+    unacked: VecDeque<u64>,
+    /// The delivery spans of the last [`crate::trace::MAX_LINKS`] events written (what
+    /// an ack links to): kept apart from `unacked` so a socket that never acks holds
+    /// sequences only, not a span context per event.
+    delivered: VecDeque<(u64, SpanContext)>,
     last_heard: Instant,
     last_sent: Instant,
     /// (time of a flush, last sequence written by then), for `acks_on_write` dialects.
@@ -92,6 +96,7 @@ where
             s,
             d,
             unacked: VecDeque::new(),
+            delivered: VecDeque::new(),
             last_heard: Instant::now(),
             last_sent: Instant::now(),
             unconfirmed: VecDeque::new(),
@@ -306,7 +311,13 @@ where
             if self.unacked.len() == MAX_UNACKED {
                 self.unacked.pop_front();
             }
-            self.unacked.push_back((event.seq, event.trace.context()));
+            self.unacked.push_back(event.seq);
+            if let Some(cx) = event.trace.context() {
+                if self.delivered.len() == crate::trace::MAX_LINKS {
+                    self.delivered.pop_front();
+                }
+                self.delivered.push_back((event.seq, cx));
+            }
         }
         self.last_seen = event.seq;
         Ok(())
@@ -351,16 +362,19 @@ where
         if seq <= self.ctl.acked.fetch_max(seq, Ordering::Relaxed) {
             return;
         }
-        let mut deliveries = Vec::new();
-        while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((s, cx)) = self.unacked.pop_front() {
+        while self.unacked.front().is_some_and(|s| *s <= seq) {
+            if let Some(s) = self.unacked.pop_front() {
                 self.s.backend.track(TrackKind::Acked, s);
-                deliveries.extend(cx);
+            }
+        }
+        let mut deliveries = Vec::new();
+        while self.delivered.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, cx)) = self.delivered.pop_front() {
+                deliveries.push(cx);
             }
         }
         if explicit {
-            let skip = deliveries.len().saturating_sub(crate::trace::MAX_LINKS);
-            crate::trace::ack_span(self.s.backend.device_label(), seq, &deliveries[skip..]);
+            crate::trace::ack_span(self.s.backend.device_label(), seq, &deliveries);
         }
         if !self.s.backend.has_cursor() {
             return;
