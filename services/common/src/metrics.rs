@@ -140,6 +140,27 @@ pub fn encode_counter(
     counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
+/// The span exporter's counters (both services): spans sent to the collector, and
+/// spans dropped (queue full, or an export that failed or timed out).
+pub fn encode_span_counters(encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    encode_counter(
+        encoder,
+        (
+            "ziraai_telemetry_spans_exported",
+            "Spans exported to the OTLP collector.",
+        ),
+        crate::telemetry::exported_spans(),
+    )?;
+    encode_counter(
+        encoder,
+        (
+            "ziraai_telemetry_spans_dropped",
+            "Spans dropped: the export queue was full, or an export failed or timed out.",
+        ),
+        crate::telemetry::dropped_spans(),
+    )
+}
+
 /// Encodes one unlabelled gauge read at scrape time.
 pub fn encode_gauge(
     encoder: &mut DescriptorEncoder<'_>,

@@ -312,7 +312,7 @@ impl Collector for Scrape {
         ] {
             encode_counter(&mut e, (name, help), value)?;
         }
-        Ok(())
+        ziraai_common::metrics::encode_span_counters(&mut e)
     }
 }
 

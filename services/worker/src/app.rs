@@ -239,6 +239,10 @@ async fn details(
         "handedBack": get(&c.handed_back),
         "published": get(&c.published),
         "duplicates": get(&c.duplicates),
+        "traces": {
+            "exported": ziraai_common::telemetry::exported_spans(),
+            "dropped": ziraai_common::telemetry::dropped_spans(),
+        },
     });
     readiness.with_details(body)
 }

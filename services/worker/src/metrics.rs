@@ -156,6 +156,7 @@ impl Collector for Values {
             ("ziraai_worker_ready", "1 while /health/ready answers 200."),
             i64::from(self.ready),
         )?;
+        ziraai_common::metrics::encode_span_counters(&mut e)?;
         encode_gauge(
             &mut e,
             (
