@@ -222,7 +222,7 @@ async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str, signalr: b
             "{delivered}"
         );
         // The close line: who, which connection, which protocol, code and reason.
-        phone.close().await;
+        phone.close_with(4000, "going\naway").await;
         let deadline = Instant::now() + SPANS;
         let closed = loop {
             let stderr = gw.stderr();
@@ -237,8 +237,10 @@ async fn producer_trace_lands(protocol: OtlpProtocol, rust_log: &str, signalr: b
             format!("\"user\":\"{u}\""),
             "\"connection_id\":".into(),
             "\"protocol\":\"native-json\"".into(),
-            "\"close_code\":0".into(),
-            "\"close_reason\":\"client closed or gone\"".into(),
+            "\"closed_by\":\"client\"".into(),
+            "\"close_code\":4000".into(),
+            // The client's reason, without its control characters.
+            "\"close_reason\":\"goingaway\"".into(),
         ] {
             assert!(closed.contains(&field), "{field} in {closed}");
         }

@@ -242,6 +242,19 @@ impl WsClient {
     }
 
     /// Closes from the client side.
+    /// Closes with a close frame carrying `code` and `reason`, then reads to the end.
+    pub async fn close_with(mut self, code: u16, reason: &str) {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        };
+        let _ = tokio::time::timeout(STEP, self.ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while self.ws.next().await.is_some() {}
+        })
+        .await;
+    }
+
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(STEP, self.ws.close(None)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -73,9 +73,17 @@ pub struct SocketCtl {
     replaying: AtomicBool,
     lagged: AtomicBool,
     lag: Notify,
+    /// The close frame the client sent, if it closed: its code and reason (for the
+    /// connection's close log line).
+    client_close: OnceLock<(u16, String)>,
 }
 
 impl SocketCtl {
+    /// The client's close frame (code, reason), when the client closed with one.
+    pub fn client_close(&self) -> Option<&(u16, String)> {
+        self.client_close.get()
+    }
+
     /// Asks the session to close; returns false if a close was already asked.
     pub fn close(&self, reason: CloseReason) -> bool {
         let first = self.reason.set(reason).is_ok();

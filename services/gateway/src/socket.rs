@@ -368,6 +368,7 @@ impl SocketStart {
         open.inc();
         let protocol = crate::trace::protocol_label(dialect.encoding());
         tracing::info!(%connection_id, user = %user, protocol, "socket open");
+        let ctl = membership.ctl.clone();
         let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
         open.dec();
         app.connections.fetch_sub(1, Ordering::Relaxed);
@@ -378,11 +379,13 @@ impl SocketStart {
             app.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
         // The code the server closed with (native codes; SignalR closes with 1000 and
-        // says why in its close message), 0 when the client closed or vanished.
-        let (close_code, close_reason) = match &end {
-            Some(reason) => (reason.describe().0, reason.reason_text()),
-            None => (0, "client closed or gone"),
+        // says why in its close message), else the client's own close code and reason,
+        // else 0 when the client vanished without a close frame.
+        let (close_code, close_reason): (u16, &str) = match (&end, ctl.client_close()) {
+            (Some(reason), _) => (reason.describe().0, reason.reason_text()),
+            (None, Some((code, reason))) => (*code, reason.as_str()),
+            (None, None) => (0, "client gone without a close frame"),
         };
-        tracing::info!(%connection_id, user = %user, protocol, close_code, close_reason, "socket closed");
+        tracing::info!(%connection_id, user = %user, protocol, closed_by = if end.is_some() { "server" } else { "client" }, close_code, close_reason, "socket closed");
     }
 }

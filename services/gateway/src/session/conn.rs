@@ -20,6 +20,10 @@ use tokio::time::Instant;
 const WRITE_BATCH: usize = 64;
 /// Delivered-but-unacknowledged sequences remembered per socket for ack tracking.
 const MAX_UNACKED: usize = 4096;
+/// The close code a close frame without one stands for (RFC 6455 §7.4.1).
+const NO_STATUS: u16 = 1005;
+/// Characters of a client's close reason kept for the log line.
+const MAX_LOGGED_REASON: usize = 64;
 /// A written event counts as received (for clients that send no acks) when the client
 /// is heard from at least this long after the write: time for the frame to arrive.
 /// A socket whose peer vanished accepts writes into the kernel buffer, so "written"
@@ -331,7 +335,23 @@ where
             return Err(Stop::Close(CloseReason::RateLimited));
         }
         let msg = match incoming {
-            None | Some(Ok(Message::Close(_))) => return Err(Stop::Gone),
+            Some(Ok(Message::Close(frame))) => {
+                // Logged at the close: bounded, printable (it comes from the client); a
+                // close frame without a code is 1005 ("no status received").
+                let (code, reason) = frame.map_or((NO_STATUS, String::new()), |f| {
+                    let reason = f
+                        .reason
+                        .as_str()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(MAX_LOGGED_REASON)
+                        .collect();
+                    (f.code, reason)
+                });
+                let _ = self.ctl.client_close.set((code, reason));
+                return Err(Stop::Gone);
+            }
+            None => return Err(Stop::Gone),
             Some(Err(e)) if e.is_too_big() => return Err(Stop::Close(CloseReason::TooBig)),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
