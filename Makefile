@@ -48,11 +48,11 @@ $(SIGNALR_CLIENT): tests/signalr/package.json tests/signalr/package-lock.json
 
 ## browser: install Debian's chromium (apt) when missing, for the demo-page browser test.
 browser:
-	@infra/scripts/ensure-chromium.sh
+	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_TEST_CHROMIUM:-/usr/bin/chromium}" chromium "the demo-page browser test"
 
 ## promtool: install Debian's prometheus package (apt) when missing, for the infra/telemetry checks.
 promtool:
-	@infra/scripts/ensure-promtool.sh
+	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_TEST_PROMTOOL:-/usr/bin/promtool}" prometheus "promtool, the infra/telemetry checks"
 
 ## browser-client: install the pinned puppeteer-core (tests/browser, from its lock file; no browser download).
 BROWSER_CLIENT := tests/browser/node_modules/.package-lock.json

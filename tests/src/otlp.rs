@@ -21,7 +21,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
-use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +87,37 @@ impl Collected {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.changed.notify_waiters();
     }
+}
+
+/// `POST` of one OTLP/HTTP protobuf export request (`/v1/traces`, `/v1/metrics`):
+/// `add` keeps it, the answer is the empty (fully accepted) response.
+fn protobuf_route<Req, Resp>(
+    add: impl Fn(Req) + Clone + Send + Sync + 'static,
+) -> axum::routing::MethodRouter
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + Default,
+{
+    axum::routing::post(move |body: Bytes| {
+        let add = add.clone();
+        async move {
+            match Req::decode(body) {
+                Ok(req) => {
+                    add(req);
+                    (
+                        axum::http::StatusCode::OK,
+                        [("content-type", "application/x-protobuf")],
+                        Resp::default().encode_to_vec(),
+                    )
+                }
+                Err(_) => (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    [("content-type", "text/plain")],
+                    b"not an OTLP export request".to_vec(),
+                ),
+            }
+        }
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -190,35 +220,21 @@ impl OtlpReceiver {
                 });
             }
             OtlpProtocol::HttpProtobuf => {
-                let c = collected.clone();
+                let (c, m) = (collected.clone(), points.clone());
                 let app = axum::Router::new()
                     .route(
                         "/v1/traces",
-                        axum::routing::post(move |body: Bytes| {
-                            let c = c.clone();
-                            async move {
-                                match ExportTraceServiceRequest::decode(body) {
-                                    Ok(req) => {
-                                        c.add(req);
-                                        let resp = ExportTraceServiceResponse {
-                                            partial_success: None,
-                                        };
-                                        (
-                                            axum::http::StatusCode::OK,
-                                            [("content-type", "application/x-protobuf")],
-                                            resp.encode_to_vec(),
-                                        )
-                                    }
-                                    Err(_) => (
-                                        axum::http::StatusCode::BAD_REQUEST,
-                                        [("content-type", "text/plain")],
-                                        b"not an ExportTraceServiceRequest".to_vec(),
-                                    ),
-                                }
-                            }
-                        }),
+                        protobuf_route::<ExportTraceServiceRequest, ExportTraceServiceResponse>(
+                            move |req| c.add(req),
+                        ),
                     )
-                    .route("/v1/metrics", metrics::http_route(points.clone()));
+                    .route(
+                        "/v1/metrics",
+                        protobuf_route::<
+                            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+                            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+                        >(move |req| m.add(req)),
+                    );
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(shutdown)

@@ -169,12 +169,8 @@ async fn metrics(
     }
     let ready = readiness(&app).await.is_ready();
     let text = crate::metrics::render(crate::metrics::Scrape {
-        stats: app.stats.clone(),
-        conn_limit: app.conn_limit.clone(),
-        users: app.hub.users(),
-        nats_connected: app.client.connection_state() == async_nats::connection::State::Connected,
+        app: app.clone(),
         ready,
-        max_connections: app.cfg.max_connections,
     });
     health::metrics_text(text)
 }

@@ -345,7 +345,7 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
         match slot.tx.try_send(event.clone()) {
             Ok(()) => {
                 queued += 1;
-                let label = crate::trace::protocol_label(slot.encoding);
+                let label = crate::metrics::protocol_label(slot.encoding);
                 if !protocols.contains(&label) {
                     protocols.push(label);
                 }

@@ -29,8 +29,7 @@ use ziraai_common::metrics::{encode_gauge, encode_text};
 use ziraai_proto::Protocol;
 use ziraai_proto::signalr::HubProtocol;
 
-use crate::conn_limit::ConnLimit;
-use crate::event::{Encoding, Stats};
+use crate::event::Encoding;
 
 /// Every value of the `protocol` label, in [`Encoding`] order.
 const PROTOCOLS: [Encoding; 4] = [
@@ -40,7 +39,8 @@ const PROTOCOLS: [Encoding; 4] = [
     Encoding::Hub(HubProtocol::MessagePack),
 ];
 
-/// The `protocol` label of a socket.
+/// The `protocol` of a socket: the metrics' label, the spans' `protocols` and the
+/// connection log lines.
 pub fn protocol_label(encoding: Encoding) -> &'static str {
     match encoding {
         Encoding::Native(Protocol::Json) => "native-json",
@@ -213,13 +213,58 @@ impl Instruments {
 
 /// What `/metrics` reads at scrape time besides the instruments.
 pub(crate) struct Scrape {
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) conn_limit: Arc<ConnLimit>,
-    pub(crate) users: usize,
-    pub(crate) nats_connected: bool,
+    pub(crate) app: Arc<crate::AppState>,
+    /// `/health/ready`'s verdict (async: read before the scrape is encoded).
     pub(crate) ready: bool,
-    pub(crate) max_connections: usize,
 }
+
+/// A value read from the gateway at scrape (or export) time.
+pub(crate) type Read = fn(&crate::AppState) -> u64;
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The unlabelled counters kept as atomics elsewhere, one table for both exporters
+/// (`/metrics` reads them at scrape, OTLP observes them at export): name without
+/// `_total`, help, value.
+pub(crate) const COUNTERS: [(&str, &str, Read); 7] = [
+    (
+        "ziraai_gateway_gaps_detected",
+        "Gaps detected: a live event revealing missed ones, read from the stream first.",
+        |a| get(&a.stats.gaps),
+    ),
+    (
+        "ziraai_gateway_slow_consumers",
+        "Sockets closed for not keeping up (queue full or write timed out).",
+        |a| get(&a.stats.slow_consumers),
+    ),
+    (
+        "ziraai_gateway_tracking_dropped",
+        "Delivery-tracking records dropped (queue full).",
+        |a| get(&a.stats.tracking_dropped),
+    ),
+    (
+        "ziraai_gateway_connection_limit_evictions",
+        "Sockets closed here because their user opened more than the per-user limit.",
+        |a| get(&a.conn_limit.evictions),
+    ),
+    (
+        "ziraai_gateway_connection_limit_refusals",
+        "Handshakes refused with 429 too_many_connections.",
+        |a| get(&a.conn_limit.refusals),
+    ),
+    (
+        "ziraai_gateway_rate_limited",
+        "Sockets closed for sending frames faster than ZIRAAI_GATEWAY_CLIENT_FRAME_RATE.",
+        |a| get(&a.stats.rate_limited),
+    ),
+    (
+        "ziraai_gateway_full",
+        "Socket handshakes refused with 503 gateway_full (ZIRAAI_GATEWAY_MAX_CONNECTIONS).",
+        |a| get(&a.stats.gateway_full),
+    ),
+];
 
 impl std::fmt::Debug for Scrape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,8 +274,8 @@ impl std::fmt::Debug for Scrape {
 
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let st = &self.stats;
+        let app = &self.app;
+        let st = &app.stats;
         let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         encode_gauge(
             &mut e,
@@ -238,7 +283,7 @@ impl Collector for Scrape {
                 "ziraai_gateway_users",
                 "Users with a live subscription on this gateway.",
             ),
-            gauge(self.users),
+            gauge(app.hub.users()),
         )?;
         encode_gauge(
             &mut e,
@@ -246,7 +291,7 @@ impl Collector for Scrape {
                 "ziraai_gateway_nats_connected",
                 "1 while connected to NATS.",
             ),
-            i64::from(self.nats_connected),
+            i64::from(app.client.connection_state() == async_nats::connection::State::Connected),
         )?;
         encode_gauge(
             &mut e,
@@ -259,7 +304,7 @@ impl Collector for Scrape {
                 "ziraai_gateway_max_connections",
                 "Sockets this process accepts at most.",
             ),
-            gauge(self.max_connections),
+            gauge(app.cfg.max_connections),
         )?;
         encode_counters(
             &mut e,
@@ -273,44 +318,8 @@ impl Collector for Scrape {
                 ("forged", get(&st.forged)),
             ],
         )?;
-        for (name, help, value) in [
-            (
-                "ziraai_gateway_gaps_detected",
-                "Gaps detected: a live event revealing missed ones, read from the stream first.",
-                get(&st.gaps),
-            ),
-            (
-                "ziraai_gateway_slow_consumers",
-                "Sockets closed for not keeping up (queue full or write timed out).",
-                get(&st.slow_consumers),
-            ),
-            (
-                "ziraai_gateway_tracking_dropped",
-                "Delivery-tracking records dropped (queue full).",
-                get(&st.tracking_dropped),
-            ),
-            (
-                "ziraai_gateway_connection_limit_evictions",
-                "Sockets closed here because their user opened more than the per-user limit.",
-                get(&self.conn_limit.evictions),
-            ),
-            (
-                "ziraai_gateway_connection_limit_refusals",
-                "Handshakes refused with 429 too_many_connections.",
-                get(&self.conn_limit.refusals),
-            ),
-            (
-                "ziraai_gateway_rate_limited",
-                "Sockets closed for sending frames faster than ZIRAAI_GATEWAY_CLIENT_FRAME_RATE.",
-                get(&st.rate_limited),
-            ),
-            (
-                "ziraai_gateway_full",
-                "Socket handshakes refused with 503 gateway_full (ZIRAAI_GATEWAY_MAX_CONNECTIONS).",
-                get(&st.gateway_full),
-            ),
-        ] {
-            encode_counter(&mut e, (name, help), value)?;
+        for (name, help, read) in COUNTERS {
+            encode_counter(&mut e, (name, help), read(app))?;
         }
         ziraai_common::metrics::encode_span_counters(&mut e)
     }
@@ -320,7 +329,7 @@ impl Collector for Scrape {
 /// now, in Prometheus text.
 pub(crate) fn render(scrape: Scrape) -> String {
     let mut registry = Registry::default();
-    scrape.stats.metrics.register(&mut registry);
+    scrape.app.stats.metrics.register(&mut registry);
     registry.register_collector(Box::new(scrape));
     encode_text(&registry)
 }

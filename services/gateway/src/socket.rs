@@ -366,7 +366,7 @@ impl SocketStart {
         app.connections.fetch_add(1, Ordering::Relaxed);
         let open = app.stats.metrics.connections(dialect.encoding());
         open.inc();
-        let protocol = crate::trace::protocol_label(dialect.encoding());
+        let protocol = crate::metrics::protocol_label(dialect.encoding());
         tracing::info!(%connection_id, user = %user, protocol, "socket open");
         let ctl = membership.ctl.clone();
         let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;

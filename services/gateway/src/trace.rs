@@ -10,8 +10,6 @@ use std::time::SystemTime;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::event::Encoding;
-
 /// Links kept on one `notify.replay` or `notify.ack` span.
 pub(crate) const MAX_LINKS: usize = 32;
 
@@ -99,19 +97,6 @@ impl EventTrace {
         self.published
             .and_then(|p| SystemTime::now().duration_since(p).ok())
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// `native-json`, `native-msgpack`, `signalr-json`, `signalr-msgpack` (also the
-/// metrics' `protocol` label).
-pub fn protocol_label(encoding: Encoding) -> &'static str {
-    use ziraai_proto::Protocol;
-    use ziraai_proto::signalr::HubProtocol;
-    match encoding {
-        Encoding::Native(Protocol::Json) => "native-json",
-        Encoding::Native(Protocol::MsgPack) => "native-msgpack",
-        Encoding::Hub(HubProtocol::Json) => "signalr-json",
-        Encoding::Hub(HubProtocol::MessagePack) => "signalr-msgpack",
     }
 }
 

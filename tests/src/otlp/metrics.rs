@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
-use prost::Message as _;
 use tokio::sync::Notify;
 
 use super::attributes;
@@ -42,7 +40,7 @@ pub(super) struct Collected {
 }
 
 impl Collected {
-    fn add(&self, req: ExportMetricsServiceRequest) {
+    pub(super) fn add(&self, req: ExportMetricsServiceRequest) {
         let mut out = Vec::new();
         for rm in req.resource_metrics {
             let resource = rm
@@ -127,31 +125,4 @@ impl MetricsService for Grpc {
             partial_success: None,
         }))
     }
-}
-
-/// `POST /v1/metrics`.
-pub(super) fn http_route(c: Arc<Collected>) -> axum::routing::MethodRouter {
-    axum::routing::post(move |body: Bytes| {
-        let c = c.clone();
-        async move {
-            match ExportMetricsServiceRequest::decode(body) {
-                Ok(req) => {
-                    c.add(req);
-                    let resp = ExportMetricsServiceResponse {
-                        partial_success: None,
-                    };
-                    (
-                        axum::http::StatusCode::OK,
-                        [("content-type", "application/x-protobuf")],
-                        resp.encode_to_vec(),
-                    )
-                }
-                Err(_) => (
-                    axum::http::StatusCode::BAD_REQUEST,
-                    [("content-type", "text/plain")],
-                    b"not an ExportMetricsServiceRequest".to_vec(),
-                ),
-            }
-        }
-    })
 }

@@ -11,14 +11,13 @@
 //! "connected to NATS and not draining" (the stream lookup of `/health/ready` is async
 //! and a callback must not wait).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 use ziraai_common::metrics::DELIVERY_LATENCY_BUCKETS;
 
-use super::{PROTOCOLS, Path, protocol_label};
+use super::{COUNTERS, PROTOCOLS, Path, get, protocol_label};
 use crate::AppState;
 use crate::event::Stats;
 
@@ -37,46 +36,7 @@ pub(super) fn latency_histogram() -> Histogram<f64> {
         .build()
 }
 
-type Read = fn(&AppState) -> u64;
 type Level = fn(&AppState) -> i64;
-
-/// Unlabelled counters: (name without `_total`, help, value).
-const COUNTERS: [(&str, &str, Read); 8] = [
-    ("ziraai_gateway_acks", "Acks received from devices", |a| {
-        a.stats.metrics.acks.get()
-    }),
-    ("ziraai_gateway_gaps_detected", "Gaps detected", |a| {
-        get(&a.stats.gaps)
-    }),
-    (
-        "ziraai_gateway_slow_consumers",
-        "Sockets closed for not keeping up",
-        |a| get(&a.stats.slow_consumers),
-    ),
-    (
-        "ziraai_gateway_tracking_dropped",
-        "Delivery-tracking records dropped",
-        |a| get(&a.stats.tracking_dropped),
-    ),
-    (
-        "ziraai_gateway_connection_limit_evictions",
-        "Sockets closed over the per-user limit",
-        |a| get(&a.conn_limit.evictions),
-    ),
-    (
-        "ziraai_gateway_connection_limit_refusals",
-        "Handshakes refused with 429",
-        |a| get(&a.conn_limit.refusals),
-    ),
-    (
-        "ziraai_gateway_rate_limited",
-        "Sockets closed for sending too fast",
-        |a| get(&a.stats.rate_limited),
-    ),
-    ("ziraai_gateway_full", "Handshakes refused with 503", |a| {
-        get(&a.stats.gateway_full)
-    }),
-];
 
 /// Unlabelled gauges: (name, help, value).
 const GAUGES: [(&str, &str, Level); 4] = [
@@ -102,10 +62,6 @@ const GAUGES: [(&str, &str, Level); 4] = [
     ),
 ];
 
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
-}
-
 fn nats_connected(a: &AppState) -> bool {
     a.client.connection_state() == async_nats::connection::State::Connected
 }
@@ -114,7 +70,11 @@ fn nats_connected(a: &AppState) -> bool {
 /// observes nothing). The callbacks live as long as the meter provider.
 pub(crate) fn register(app: &Arc<AppState>) {
     let meter = meter();
-    for (name, help, read) in COUNTERS {
+    let acks: (&str, &str, super::Read) =
+        ("ziraai_gateway_acks", "Acks received from devices", |a| {
+            a.stats.metrics.acks.get()
+        });
+    for (name, help, read) in COUNTERS.into_iter().chain([acks]) {
         let app = Arc::downgrade(app);
         meter
             .u64_observable_counter(name)
