@@ -84,9 +84,16 @@ pub(crate) const STREAMS: [&str; 7] = [
 pub(crate) async fn assert_replicas(js: &jetstream::Context, name: &str, n: usize) {
     let info = stream_info(js, name).await;
     assert_eq!(info.config.num_replicas, n, "{name}: configured replicas");
-    let c = info.cluster.unwrap_or_else(|| panic!("{name}: cluster info"));
+    let c = info
+        .cluster
+        .unwrap_or_else(|| panic!("{name}: cluster info"));
     assert!(c.leader.is_some(), "{name}: has a leader");
-    assert_eq!(c.replicas.len(), n - 1, "{name}: followers {:?}", c.replicas);
+    assert_eq!(
+        c.replicas.len(),
+        n - 1,
+        "{name}: followers {:?}",
+        c.replicas
+    );
 }
 
 #[tokio::test]

@@ -55,8 +55,7 @@ async fn apply_stream_as(
     lower: bool,
 ) -> Result<Applied, NatsSetupError> {
     for attempt in 1..ATTEMPTS {
-        match tokio::time::timeout(ATTEMPT, apply_once(js, config.clone(), replicas, lower)).await
-        {
+        match tokio::time::timeout(ATTEMPT, apply_once(js, config.clone(), replicas, lower)).await {
             Ok(applied) => return applied,
             Err(_) => tracing::info!(
                 stream = %config.name,
