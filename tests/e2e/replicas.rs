@@ -96,6 +96,25 @@ pub(crate) async fn assert_replicas(js: &jetstream::Context, name: &str, n: usiz
     );
 }
 
+/// Waits until `name` has `n` replicas with `n - 1` current followers (raising a
+/// stream's replicas copies it to the new peers in the background: about 10 s).
+pub(crate) async fn wait_replicas(js: &jetstream::Context, name: &str, n: usize) {
+    let what = format!("{name} with {n} replicas");
+    ziraai_e2e::within_for(std::time::Duration::from_secs(30), &what, async {
+        loop {
+            let info = stream_info(js, name).await;
+            let current = info
+                .cluster
+                .map_or(0, |c| c.replicas.iter().filter(|r| r.current).count());
+            if info.config.num_replicas == n && current == n - 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_gateway_and_a_worker_asking_for_three_replicas_create_everything_with_three() {
     let cluster = NatsCluster::start(3).await;

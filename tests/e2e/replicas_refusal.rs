@@ -12,7 +12,7 @@ use ziraai_e2e::{
     worker_vars,
 };
 
-use crate::replicas::{STREAMS, assert_replicas, stream_info};
+use crate::replicas::{STREAMS, assert_replicas, stream_info, wait_replicas};
 
 const NO_ANALYZER: &str = "http://127.0.0.1:9/analyze";
 
@@ -171,5 +171,52 @@ async fn replicas_are_never_lowered_silently_and_provision_lowers_them_when_aske
             }
         })
         .await;
+    }
+}
+
+#[tokio::test]
+async fn authenticated_services_only_check_replicas_and_say_when_provision_must_raise_them() {
+    let cluster = NatsCluster::start_with_auth(3).await;
+    let as_user = |bin: &str, user: &'static str, replicas: &str| {
+        let mut v = vars(bin, &cluster, replicas);
+        v.extend(cluster.credentials(user).map(|(k, v)| (k.to_owned(), v)));
+        v
+    };
+    let provision = |replicas: &str| {
+        let v = as_user("ziraai-worker", "operator", replicas);
+        async move { run("ziraai-worker", &["provision"], &v).await }
+    };
+    let (status, _, stderr) = provision("1").await;
+    assert!(status.success(), "{stderr}");
+
+    // The gateway's credential may not raise NOTIFY to 3: it says which and how.
+    let (status, _, stderr) = run(
+        "ziraai-gateway",
+        &[],
+        &as_user("ziraai-gateway", "gateway", "3"),
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines = plain_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(
+        lines[0],
+        "ziraai-gateway: stream NOTIFY has 1 replica(s) on the server and ZIRAAI_NATS_REPLICAS=3; \
+         raising it failed: no answer within 5s (a credential that may not manage streams gets \
+         none) (raise it with `ziraai-worker provision` and the operator credential)"
+    );
+
+    // Provisioned with 3, both services start with only reads of the definitions.
+    let (status, _, stderr) = provision("3").await;
+    assert!(status.success(), "{stderr}");
+    let gateway = as_user("ziraai-gateway", "gateway", "3");
+    let worker = as_user("ziraai-worker", "worker", "3");
+    let mut g = ServiceProcess::spawn("ziraai-gateway", &[], &gateway);
+    let mut w = ServiceProcess::spawn("ziraai-worker", &["run"], &worker);
+    g.logged_addr("gateway listening", "addr").await;
+    w.logged_addr("worker consuming jobs", "health").await;
+    let js = jetstream::new(cluster.client().await);
+    for name in STREAMS {
+        wait_replicas(&js, name, 3).await;
     }
 }

@@ -119,13 +119,13 @@ pub enum NatsSetupError {
         reason: String,
     },
     #[error(
-        "stream {stream} has {have} replica(s) on the server and ZIRAAI_NATS_REPLICAS={wanted}; raising it failed: {source} (raise it with `ziraai-worker provision` and the operator credential)"
+        "stream {stream} has {have} replica(s) on the server and ZIRAAI_NATS_REPLICAS={wanted}; raising it failed: {reason} (raise it with `ziraai-worker provision` and the operator credential)"
     )]
     TooFewReplicas {
         stream: String,
         have: usize,
         wanted: usize,
-        source: jetstream::context::CreateStreamError,
+        reason: String,
     },
 }
 

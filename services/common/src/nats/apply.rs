@@ -41,30 +41,46 @@ pub async fn apply_stream(
     apply_stream_as(js, config, replicas, false).await
 }
 
-/// Bound of one attempt to apply a stream; attempts before giving up.
+/// Bound of one read or create of a stream; attempts before giving up.
 const ATTEMPT: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 5;
+/// Bound of an update of an existing stream (a credential that may not manage streams
+/// gets no answer at all: the server only reports a permissions violation).
+const UPDATE_WAIT: Duration = Duration::from_secs(5);
 
-/// [`apply_once`], retried when JetStream does not answer: a cluster answers no request
-/// about a replicated stream while it is being created or elects its leader (a service
-/// starting next to another one on a new cluster), and the request is lost, not queued.
+/// Why one attempt did not apply the stream.
+enum Attempt {
+    /// No answer to a read or a create: a cluster answers no request about a
+    /// replicated stream while it is being created or elects its leader (a service
+    /// starting next to another one on a new cluster), and the request is lost.
+    Unanswered,
+    Failed(NatsSetupError),
+}
+
+/// [`apply_once`], again while JetStream leaves a read or a create unanswered.
 async fn apply_stream_as(
     js: &jetstream::Context,
     config: stream::Config,
     replicas: usize,
     lower: bool,
 ) -> Result<Applied, NatsSetupError> {
-    for attempt in 1..ATTEMPTS {
-        match tokio::time::timeout(ATTEMPT, apply_once(js, config.clone(), replicas, lower)).await {
-            Ok(applied) => return applied,
-            Err(_) => tracing::info!(
+    for attempt in 1..=ATTEMPTS {
+        match apply_once(js, config.clone(), replicas, lower).await {
+            Ok(applied) => return Ok(applied),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Unanswered) => tracing::info!(
                 stream = %config.name,
                 attempt,
                 "no answer from JetStream within {ATTEMPT:?} (the stream may be electing its leader); retrying"
             ),
         }
     }
-    apply_once(js, config, replicas, lower).await
+    Err(NatsSetupError::Stream {
+        name: config.name,
+        source: jetstream::context::CreateStreamError::new(
+            jetstream::context::CreateStreamErrorKind::TimedOut,
+        ),
+    })
 }
 
 async fn apply_once(
@@ -72,12 +88,15 @@ async fn apply_once(
     mut config: stream::Config,
     replicas: usize,
     lower: bool,
-) -> Result<Applied, NatsSetupError> {
+) -> Result<Applied, Attempt> {
     let name = config.name.clone();
     config.num_replicas = replicas;
     let mut outcome = Applied::Created;
     let mut raising_from = None;
-    if let Ok(current) = js.get_stream(&name).await {
+    let current = tokio::time::timeout(ATTEMPT, js.get_stream(&name))
+        .await
+        .map_err(|_| Attempt::Unanswered)?;
+    if let Ok(current) = current {
         let server_config = &current.cached_info().config;
         let server = server_config.num_replicas;
         outcome = Applied::Updated;
@@ -99,13 +118,22 @@ async fn apply_once(
     }
     let wanted = config.num_replicas;
     let sent = if outcome == Applied::Created {
-        create_else_update(js, config).await
+        tokio::time::timeout(ATTEMPT, create_else_update(js, config))
+            .await
+            .map_err(|_| Attempt::Unanswered)?
     } else {
-        js.update_stream(config).await.map(|_| ())
+        tokio::time::timeout(UPDATE_WAIT, js.update_stream(config))
+            .await
+            .unwrap_or_else(|_| {
+                Err(jetstream::context::CreateStreamError::new(
+                    jetstream::context::CreateStreamErrorKind::TimedOut,
+                ))
+            })
+            .map(|_| ())
     };
-    match sent {
-        Ok(()) => Ok(outcome),
-        Err(source) if is_placement_error(&source) => Err(NatsSetupError::NoPlacement {
+    let failed = match sent {
+        Ok(()) => return Ok(outcome),
+        Err(source) if is_placement_error(&source) => NatsSetupError::NoPlacement {
             cluster: js
                 .client()
                 .server_info()
@@ -114,17 +142,23 @@ async fn apply_once(
             stream: name,
             replicas: wanted,
             reason: source.to_string(),
-        }),
-        Err(source) => Err(match raising_from {
+        },
+        Err(source) => match raising_from {
             Some(have) => NatsSetupError::TooFewReplicas {
                 stream: name,
                 have,
                 wanted,
-                source,
+                reason: match source.kind() {
+                    jetstream::context::CreateStreamErrorKind::TimedOut => format!(
+                        "no answer within {UPDATE_WAIT:?} (a credential that may not manage streams gets none)"
+                    ),
+                    _ => source.to_string(),
+                },
             },
             None => NatsSetupError::Stream { name, source },
-        }),
-    }
+        },
+    };
+    Err(Attempt::Failed(failed))
 }
 
 /// Creates a stream the server did not have; updates it when another process created
