@@ -18,6 +18,8 @@ mod permissions;
 mod polling;
 mod processes;
 mod protocol;
+mod replicas;
+mod replicas_refusal;
 mod scale_out;
 mod shutdown;
 mod signalr;
