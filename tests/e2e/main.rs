@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
 mod addresses;
+mod admin;
 mod auth;
 mod banner;
 mod bounds;
