@@ -2,6 +2,7 @@
 
 mod addresses;
 mod admin;
+mod admin_cluster;
 mod auth;
 mod banner;
 mod bounds;
