@@ -61,7 +61,11 @@ impl Admin {
     pub(crate) async fn refused(&self, args: &[&str], needle: &str) {
         let out = self.run(args).await;
         assert_eq!(out.code, 2, "admin {args:?}: {} {}", out.stdout, out.stderr);
-        assert!(out.stderr.contains(needle), "admin {args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(needle),
+            "admin {args:?}: {}",
+            out.stderr
+        );
         assert!(out.stdout.is_empty(), "nothing on stdout: {}", out.stdout);
     }
 }
@@ -233,14 +237,29 @@ async fn operator_cli_shows_sets_and_replays_cursors_and_refuses_bad_input() {
         ["tablet", &seqs[0].to_string(), "2"]
     );
     let event_row = row(&table.stdout, &seqs[1].to_string());
-    assert_eq!(event_row[2..], ["analysis.completed", published[1].1.as_str()]);
+    assert_eq!(
+        event_row[2..],
+        ["analysis.completed", published[1].1.as_str()]
+    );
 
     // `deliveries` by sequence and by analysis id: who got it, who acked it.
     let by_seq = admin
-        .json(&["deliveries", "--user", u.as_str(), "--seq", &seqs[1].to_string()])
+        .json(&[
+            "deliveries",
+            "--user",
+            u.as_str(),
+            "--seq",
+            &seqs[1].to_string(),
+        ])
         .await;
     let by_id = admin
-        .json(&["deliveries", "--user", u.as_str(), "--analysis-id", &published[1].1])
+        .json(&[
+            "deliveries",
+            "--user",
+            u.as_str(),
+            "--analysis-id",
+            &published[1].1,
+        ])
         .await;
     assert_eq!(by_seq, by_id, "the same event either way");
     let event = &by_seq["events"][0];
@@ -252,27 +271,61 @@ async fn operator_cli_shows_sets_and_replays_cursors_and_refuses_bad_input() {
     assert_eq!(devices[1]["deviceId"], "tablet");
     assert!(devices[1]["deliveredAt"].is_string() && devices[1]["ackedAt"].is_null());
     let table = admin
-        .run(&["deliveries", "--user", u.as_str(), "--seq", &seqs[1].to_string()])
+        .run(&[
+            "deliveries",
+            "--user",
+            u.as_str(),
+            "--seq",
+            &seqs[1].to_string(),
+        ])
         .await;
-    assert!(row(&table.stdout, "tablet").contains(&"-"), "{}", table.stdout);
+    assert!(
+        row(&table.stdout, "tablet").contains(&"-"),
+        "{}",
+        table.stdout
+    );
 
     // Bad input: exit 2, a clear line, nothing changed.
     admin.refused(&["user", "a.b"], "contains '.'").await;
     admin
         .refused(
-            &["set-cursor", "--user", u.as_str(), "--device", "ghost", "--seq", "1"],
+            &[
+                "set-cursor",
+                "--user",
+                u.as_str(),
+                "--device",
+                "ghost",
+                "--seq",
+                "1",
+            ],
             "device ghost of user",
         )
         .await;
     admin
         .refused(
-            &["set-cursor", "--user", u.as_str(), "--device", "phone", "--seq", "999999"],
+            &[
+                "set-cursor",
+                "--user",
+                u.as_str(),
+                "--device",
+                "phone",
+                "--seq",
+                "999999",
+            ],
             "beyond the last sequence of stream NOTIFY",
         )
         .await;
     admin
         .refused(
-            &["replay", "--user", u.as_str(), "--device", "phone", "--from", "999999"],
+            &[
+                "replay",
+                "--user",
+                u.as_str(),
+                "--device",
+                "phone",
+                "--from",
+                "999999",
+            ],
             "after the last retained event",
         )
         .await;
@@ -283,7 +336,15 @@ async fn operator_cli_shows_sets_and_replays_cursors_and_refuses_bad_input() {
     // `set-cursor`, then the phone's resume by device id gets what follows.
     phone.close().await;
     let set = admin
-        .json(&["set-cursor", "--user", u.as_str(), "--device", "phone", "--seq", &seqs[0].to_string()])
+        .json(&[
+            "set-cursor",
+            "--user",
+            u.as_str(),
+            "--device",
+            "phone",
+            "--seq",
+            &seqs[0].to_string(),
+        ])
         .await;
     assert_eq!(set["previous"], seqs[2]);
     assert_eq!(set["cursor"], seqs[0]);
@@ -300,7 +361,8 @@ async fn operator_cli_shows_sets_and_replays_cursors_and_refuses_bad_input() {
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains(&format!("cursor {} -> {}", seqs[0], seqs[0] - 1))
+        out.stdout
+            .contains(&format!("cursor {} -> {}", seqs[0], seqs[0] - 1))
             && out.stdout.contains("receives 3 retained events")
             && out.stdout.contains("1 open sockets"),
         "{}",
@@ -368,7 +430,10 @@ async fn operator_cli_erases_a_user_from_every_store_and_nothing_else() {
     assert_eq!(dry["found"]["signalr"], 1, "{dry}");
     assert!(dry["found"]["conns"].as_u64() >= Some(1), "{dry}");
     assert!(dry["found"]["delivery"].as_u64() >= Some(10), "{dry}");
-    assert_eq!(dry["removed"], json!({"notify":0,"cursors":0,"signalr":0,"conns":0,"delivery":0}));
+    assert_eq!(
+        dry["removed"],
+        json!({"notify":0,"cursors":0,"signalr":0,"conns":0,"delivery":0})
+    );
     assert_eq!(stored(&op, "NOTIFY", &u.notify_subject()).await, 2);
 
     // The user's sessions end, then the erasure.
@@ -379,7 +444,12 @@ async fn operator_cli_erases_a_user_from_every_store_and_nothing_else() {
     let before_other = stored(&op, "DELIVERY", &format!("delivery.{other}.>")).await;
     let out = admin.run(&["erase", "--user", u.as_str(), "--yes"]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert_eq!(row(&out.stdout, "NOTIFY"), ["NOTIFY", "2", "2", "0"], "{}", out.stdout);
+    assert_eq!(
+        row(&out.stdout, "NOTIFY"),
+        ["NOTIFY", "2", "2", "0"],
+        "{}",
+        out.stdout
+    );
     assert_eq!(row(&out.stdout, "CURSORS")[1..], ["1", "1", "0"]);
     assert_eq!(row(&out.stdout, "SIGNALR")[1..], ["1", "1", "0"]);
     assert_eq!(row(&out.stdout, "DELIVERY")[3], "0");
@@ -387,8 +457,14 @@ async fn operator_cli_erases_a_user_from_every_store_and_nothing_else() {
 
     // Nothing of the user remains (direct stream queries); the other user is untouched.
     assert_eq!(stored(&op, "NOTIFY", &u.notify_subject()).await, 0);
-    assert_eq!(stored(&op, "KV_CURSORS", &format!("$KV.CURSORS.{u}.>")).await, 0);
-    assert_eq!(stored(&op, "KV_CONNS", &format!("$KV.CONNS.u.{u}.>")).await, 0);
+    assert_eq!(
+        stored(&op, "KV_CURSORS", &format!("$KV.CURSORS.{u}.>")).await,
+        0
+    );
+    assert_eq!(
+        stored(&op, "KV_CONNS", &format!("$KV.CONNS.u.{u}.>")).await,
+        0
+    );
     assert_eq!(stored(&op, "DELIVERY", &format!("delivery.{u}.>")).await, 0);
     assert_eq!(signalr_keys(&op, &u).await, 0);
     assert_eq!(stored(&op, "NOTIFY", &other.notify_subject()).await, 2);
@@ -398,7 +474,10 @@ async fn operator_cli_erases_a_user_from_every_store_and_nothing_else() {
         before_other
     );
     let again = admin.json(&["erase", "--user", u.as_str()]).await;
-    assert_eq!(again["found"], json!({"notify":0,"cursors":0,"signalr":0,"conns":0,"delivery":0}));
+    assert_eq!(
+        again["found"],
+        json!({"notify":0,"cursors":0,"signalr":0,"conns":0,"delivery":0})
+    );
     keep.close().await;
     gateway.shutdown().await.expect("clean stop");
 }

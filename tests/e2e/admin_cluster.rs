@@ -50,7 +50,12 @@ async fn gateway_records(gw: &jetstream::Context, user: &UserId, device: &str, s
     let record = json!({"user": user, "protocol": "json", "acked": 1, "seq": seq, "dirty": false});
     put("SIGNALR", format!("cid-{device}"), record.to_string()).await;
     let entry = json!({"gatewayId": "gw1", "openedAt": "2026-01-01T00:00:00Z"});
-    put("CONNS", format!("u.{user}.gw1.c-{device}"), entry.to_string()).await;
+    put(
+        "CONNS",
+        format!("u.{user}.gw1.c-{device}"),
+        entry.to_string(),
+    )
+    .await;
     for kind in ["delivered", "acked"] {
         let body = json!({"userId": user, "seq": seq, "deviceId": device, "event": kind,
             "at": "2026-01-01T00:00:00Z", "connectionId": format!("c-{device}"), "gatewayId": "gw1"});
@@ -103,13 +108,25 @@ async fn operator_cli_erases_a_user_on_a_three_node_cluster() {
     );
 
     assert_eq!(stored(&op, "NOTIFY", &u.notify_subject()).await, 0);
-    assert_eq!(stored(&op, "KV_CURSORS", &format!("$KV.CURSORS.{u}.>")).await, 0);
-    assert_eq!(stored(&op, "KV_CONNS", &format!("$KV.CONNS.u.{u}.>")).await, 0);
+    assert_eq!(
+        stored(&op, "KV_CURSORS", &format!("$KV.CURSORS.{u}.>")).await,
+        0
+    );
+    assert_eq!(
+        stored(&op, "KV_CONNS", &format!("$KV.CONNS.u.{u}.>")).await,
+        0
+    );
     assert_eq!(stored(&op, "DELIVERY", &format!("delivery.{u}.>")).await, 0);
     assert_eq!(signalr_keys(&op, &u).await, 0);
     assert_eq!(stored(&op, "NOTIFY", &other.notify_subject()).await, 2);
     assert_eq!(cursor_of(&op, &other, "keep").await, Some(theirs[1]));
     assert_eq!(signalr_keys(&op, &other).await, 1);
-    assert_eq!(stored(&op, "KV_CONNS", &format!("$KV.CONNS.u.{other}.>")).await, 1);
-    assert_eq!(stored(&op, "DELIVERY", &format!("delivery.{other}.>")).await, 2);
+    assert_eq!(
+        stored(&op, "KV_CONNS", &format!("$KV.CONNS.u.{other}.>")).await,
+        1
+    );
+    assert_eq!(
+        stored(&op, "DELIVERY", &format!("delivery.{other}.>")).await,
+        2
+    );
 }

@@ -5,7 +5,8 @@
 //! It connects like the services (`ZIRAAI_NATS_URL`, `ZIRAAI_NATS_USER`,
 //! `ZIRAAI_NATS_PASSWORD(_FILE)`, …) as the `operator` user of `nats/auth.conf`, and
 //! reads only the shared configuration section, so it works in every environment.
-//! Each command prints a table, or one JSON document on stdout with `--json`.
+//! Each command prints a table, or with `--json` one JSON document on one line of
+//! stdout (pipe it to `jq` to read it).
 //! Exit codes: 0 done, 2 refused input (bad id, unknown device, sequence beyond the
 //! stream; nothing was changed), 1 anything else (NATS unreachable, a store failed).
 
@@ -100,7 +101,7 @@ pub(crate) trait Render: Serialize {
 
 fn print(json: bool, report: &impl Render) -> anyhow::Result<()> {
     let text = if json {
-        serde_json::to_string_pretty(report).context("encoding the JSON answer")?
+        serde_json::to_string(report).context("encoding the JSON answer")?
     } else {
         report.table()
     };
@@ -193,7 +194,10 @@ impl Ctx {
 
 /// The subjects of `stream` matching `filter`, with their message counts (one
 /// subject-filtered stream-info request, paged by the server).
-pub(crate) async fn subjects(stream: &Stream<()>, filter: &str) -> anyhow::Result<Vec<(String, usize)>> {
+pub(crate) async fn subjects(
+    stream: &Stream<()>,
+    filter: &str,
+) -> anyhow::Result<Vec<(String, usize)>> {
     let what = format!("listing subjects {filter}");
     let read = async {
         let info = stream.info_with_subjects(filter).await?;
@@ -224,7 +228,10 @@ pub(crate) async fn next_msg(
 
 /// Every message of `stream` on `filter`, oldest first (the caller bounds the
 /// filter: one user's subjects).
-pub(crate) async fn all_msgs(stream: &Stream<()>, filter: &str) -> anyhow::Result<Vec<StreamMessage>> {
+pub(crate) async fn all_msgs(
+    stream: &Stream<()>,
+    filter: &str,
+) -> anyhow::Result<Vec<StreamMessage>> {
     let mut out = Vec::new();
     let mut from = 1;
     while let Some(m) = next_msg(stream, filter, from).await? {

@@ -105,7 +105,11 @@ async fn known_device(ctx: &Ctx, user: &UserId, device: &DeviceId) -> anyhow::Re
     if let Some(found) = cursor_entry(ctx, user, device.as_str()).await? {
         return Ok(found);
     }
-    let known: Vec<String> = devices(ctx, user).await?.into_iter().map(|(d, _)| d).collect();
+    let known: Vec<String> = devices(ctx, user)
+        .await?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
     let known = if known.is_empty() {
         "none".to_owned()
     } else {
@@ -155,12 +159,7 @@ impl Render for CursorReport {
         let mut out = format!(
             "user {} device {}: cursor {} -> {}\n\
              its next resume with deviceId={} (and no since) receives {} retained events\n",
-            self.user_id,
-            self.device_id,
-            self.previous,
-            self.cursor,
-            self.device_id,
-            self.pending
+            self.user_id, self.device_id, self.previous, self.cursor, self.device_id, self.pending
         );
         if self.open_sockets > 0 {
             out += &format!(

@@ -183,7 +183,13 @@ impl Render for DeliveriesReport {
                 })
                 .collect();
             out += &table(
-                &["DEVICE", "DELIVERED AT", "ACKED AT", "CONNECTION", "GATEWAY"],
+                &[
+                    "DEVICE",
+                    "DELIVERED AT",
+                    "ACKED AT",
+                    "CONNECTION",
+                    "GATEWAY",
+                ],
                 &rows,
             );
             out += "\n";

@@ -46,11 +46,13 @@ impl EventRow {
         let envelope = PayloadEncoding::from_content_type(header(headers::CONTENT_TYPE).as_deref())
             .and_then(|enc| Envelope::decode(&m.payload, enc))
             .ok();
-        let analysis_id = envelope.as_ref().and_then(|e| match e.data.get("analysisId") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        });
+        let analysis_id = envelope
+            .as_ref()
+            .and_then(|e| match e.data.get("analysisId") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
         Self {
             seq: m.sequence,
             time: ziraai_proto::envelope::rfc3339(m.time),
@@ -138,7 +140,9 @@ pub(crate) async fn devices(ctx: &Ctx, user: &UserId) -> anyhow::Result<Vec<(Str
 
 /// A device's stored cursor (`None`: no cursor, or a deleted key).
 pub(crate) async fn cursor(ctx: &Ctx, user: &UserId, device: &str) -> anyhow::Result<Option<u64>> {
-    Ok(cursor_entry(ctx, user, device).await?.map(|(value, _)| value))
+    Ok(cursor_entry(ctx, user, device)
+        .await?
+        .map(|(value, _)| value))
 }
 
 /// A device's cursor and its key's revision.
@@ -148,7 +152,11 @@ pub(crate) async fn cursor_entry(
     device: &str,
 ) -> anyhow::Result<Option<(u64, u64)>> {
     let key = format!("{user}.{device}");
-    let entry = bounded(&format!("reading cursor {key}"), ctx.cursors.entry(key.clone())).await?;
+    let entry = bounded(
+        &format!("reading cursor {key}"),
+        ctx.cursors.entry(key.clone()),
+    )
+    .await?;
     Ok(entry
         .filter(|e| e.operation == kv::Operation::Put)
         .and_then(|e| {
@@ -212,7 +220,13 @@ impl Render for UserReport {
         let rows: Vec<Vec<String>> = self
             .devices
             .iter()
-            .map(|d| vec![d.device_id.clone(), d.cursor.to_string(), d.pending.to_string()])
+            .map(|d| {
+                vec![
+                    d.device_id.clone(),
+                    d.cursor.to_string(),
+                    d.pending.to_string(),
+                ]
+            })
             .collect();
         out += &format!("\ndevices: {}\n", self.devices.len());
         out += &table(&["DEVICE", "CURSOR", "PENDING"], &rows);
@@ -229,7 +243,10 @@ impl Render for UserReport {
             })
             .collect();
         out += &format!("\nopen sockets: {}\n", self.sockets.len());
-        out += &table(&["GATEWAY", "CONNECTION", "OPENED AT", "GATEWAY ALIVE"], &rows);
+        out += &table(
+            &["GATEWAY", "CONNECTION", "OPENED AT", "GATEWAY ALIVE"],
+            &rows,
+        );
         out
     }
 }
