@@ -16,7 +16,7 @@ use ziraai_common::nats;
 use ziraai_e2e::*;
 use ziraai_proto::UserId;
 
-use crate::admin::{Admin, cursor_of, signalr_keys, stored, stored_becomes};
+use crate::admin_support::{Admin, cursor_of, signalr_keys, stored, stored_becomes};
 
 /// Every stream of the notification path, from its definition, at 3 replicas.
 async fn provision_r3(js: &jetstream::Context) {

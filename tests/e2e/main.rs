@@ -3,6 +3,7 @@
 mod addresses;
 mod admin;
 mod admin_cluster;
+mod admin_support;
 mod auth;
 mod banner;
 mod bounds;
