@@ -25,6 +25,9 @@ use super::{admin_cursor, admin_deliveries, admin_erase, admin_user};
 
 /// Bound of one request to NATS.
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of one subject listing (paged by the server: a user's delivery records can be
+/// tens of thousands of subjects).
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `ziraai-gateway admin`.
 #[derive(Debug, clap::Args)]
@@ -205,9 +208,9 @@ pub(crate) async fn subjects(
             .await
             .map_err(async_nats::Error::from)
     };
-    match tokio::time::timeout(OP_TIMEOUT, read).await {
+    match tokio::time::timeout(LIST_TIMEOUT, read).await {
         Ok(r) => r.map_err(|e| anyhow::anyhow!("{what}: {e}")),
-        Err(_) => anyhow::bail!("{what}: no answer within {OP_TIMEOUT:?}"),
+        Err(_) => anyhow::bail!("{what}: no answer within {LIST_TIMEOUT:?}"),
     }
 }
 
@@ -249,4 +252,33 @@ pub(crate) async fn purge(stream: &Stream<()>, filter: &str) -> anyhow::Result<u
     )
     .await?;
     Ok(r.purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_pad_columns_to_the_widest_cell() {
+        let rows = vec![
+            vec!["phone".to_owned(), "17".to_owned()],
+            vec!["a-much-longer-device".to_owned(), "3".to_owned()],
+        ];
+        assert_eq!(
+            table(&["DEVICE", "CURSOR"], &rows),
+            "DEVICE                CURSOR\n\
+             phone                 17\n\
+             a-much-longer-device  3\n"
+        );
+        assert_eq!(table(&["A", "B"], &[]), "A  B\n");
+        assert_eq!(or_dash(None::<u64>), "-");
+        assert_eq!(or_dash(Some(5)), "5");
+    }
+
+    #[test]
+    fn refusals_are_told_apart_from_failures() {
+        let e: anyhow::Error = refused::<()>("bad").expect_err("refused");
+        assert!(e.downcast_ref::<Refused>().is_some());
+        assert!(anyhow::anyhow!("down").downcast_ref::<Refused>().is_none());
+    }
 }

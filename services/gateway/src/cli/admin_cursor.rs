@@ -156,8 +156,13 @@ async fn write(
 
 impl Render for CursorReport {
     fn table(&self) -> String {
+        let unchanged = if self.previous == self.cursor {
+            " (unchanged)"
+        } else {
+            ""
+        };
         let mut out = format!(
-            "user {} device {}: cursor {} -> {}\n\
+            "user {} device {}: cursor {} -> {}{unchanged}\n\
              its next resume with deviceId={} (and no since) receives {} retained events\n",
             self.user_id, self.device_id, self.previous, self.cursor, self.device_id, self.pending
         );

@@ -210,3 +210,36 @@ impl Render for EraseReport {
         head + &table(&["STORE", "FOUND", "REMOVED", "REMAINING"], &rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(erased: bool, remaining: Counts) -> EraseReport {
+        EraseReport {
+            user_id: "u1".into(),
+            erased,
+            found: Counts {
+                notify: 2,
+                ..Counts::default()
+            },
+            removed: Counts::default(),
+            remaining,
+        }
+    }
+
+    #[test]
+    fn an_erasure_that_left_something_fails_and_a_dry_run_does_not() {
+        let left = Counts {
+            delivery: 1,
+            ..Counts::default()
+        };
+        assert!(report(true, Counts::default()).check().is_ok());
+        let e = report(true, left).check().expect_err("something remains");
+        assert!(e.to_string().contains("not fully erased"), "{e}");
+        assert!(report(false, left).check().is_ok(), "a dry run only counts");
+        let table = report(false, left).table();
+        assert!(table.contains("dry run"), "{table}");
+        assert!(table.contains("NOTIFY    2      0        0"), "{table}");
+    }
+}
