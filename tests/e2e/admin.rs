@@ -112,6 +112,27 @@ async fn operator_cli_shows_sets_and_replays_cursors_and_refuses_bad_input() {
         ["analysis.completed", published[1].1.as_str()]
     );
 
+    // Every environment: the shipped production configuration, without the gateway's
+    // JWT secret (the operator CLI reads only the shared section).
+    let config_dir = shipped_config_dir();
+    let prod = admin
+        .run_with(
+            &["user", u.as_str(), "--json"],
+            &[
+                ("ZIRAAI_ENV", "production"),
+                (
+                    "ZIRAAI_CONFIG_DIR",
+                    config_dir.to_str().expect("UTF-8 path"),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(prod.code, 0, "{}", prod.stderr);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&prod.stdout).expect("JSON")["eventCount"],
+        3
+    );
+
     // `deliveries` by sequence and by analysis id: who got it, who acked it.
     let by_seq = admin
         .json(&[

@@ -24,12 +24,17 @@ pub(crate) struct Admin {
 
 impl Admin {
     pub(crate) async fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, &[("ZIRAAI_CONFIG_DIR", "")]).await
+    }
+
+    /// Like [`run`](Self::run) with `vars` set too (e.g. another environment).
+    pub(crate) async fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Out {
         let out = tokio::process::Command::new(bin_path("ziraai-gateway"))
             .arg("admin")
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("ZIRAAI_CONFIG_DIR", "")
+            .envs(vars.iter().copied())
             .env("ZIRAAI_NATS_URL", &self.urls)
             .env("ZIRAAI_NATS_USER", "operator")
             .env("ZIRAAI_NATS_PASSWORD", &self.password)
