@@ -22,6 +22,7 @@ mod polling;
 mod processes;
 mod protocol;
 mod replicas;
+mod replicas_refusal;
 mod scale_out;
 mod shutdown;
 mod signalr;
