@@ -21,9 +21,12 @@ use crate::admin_support::{
 async fn setup() -> (NatsServer, TestGateway, Admin, jetstream::Context) {
     let nats = NatsServer::start_with_auth().await;
     let op = jetstream::new(nats.client_as("operator").await);
-    within("provision", ziraai_common::nats::provision(&op, None))
-        .await
-        .expect("operator provisions");
+    within(
+        "provision",
+        ziraai_common::nats::provision(&op, None, 1, false),
+    )
+    .await
+    .expect("operator provisions");
     let creds: Vec<(&str, String)> = nats.credentials("gateway").into();
     let refs: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let gateway = TestGateway::start_with(gateway_config(&nats, &refs)).await;

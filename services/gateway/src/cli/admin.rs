@@ -165,7 +165,13 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     async fn connect(config: &SharedConfig) -> anyhow::Result<Self> {
-        let client = ziraai_common::nats::connect(&config.nats, "ziraai-gateway admin").await?;
+        // The CLI applies no definition, so the configured replicas do not matter here:
+        // an operator may inspect any deployment, a single server included.
+        let nats = ziraai_common::config::NatsConfig {
+            replicas: 1,
+            ..config.nats.clone()
+        };
+        let client = ziraai_common::nats::connect(&nats, "ziraai-gateway admin").await?;
         let js = jetstream::new(client);
         let notify = Self::bind(&js, NOTIFY_STREAM).await?;
         let cursors = bounded("binding bucket CURSORS", js.get_key_value(CURSORS_BUCKET)).await?;
