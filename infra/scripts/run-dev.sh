@@ -194,6 +194,8 @@ submit_cmd="$with_nats $(as_user platform) $bin_dir/ziraai-worker submit --user 
 submit_cmd="${submit_cmd//  / }"
 publish_cmd="$with_nats $(as_user worker) $bin_dir/ziraai-worker publish --user $user --analysis 43 --result '{\"disease\":\"leaf rust\",\"confidence\":0.93}'"
 publish_cmd="${publish_cmd//  / }"
+operator_cmd="$with_nats $(as_user operator) $bin_dir/ziraai-gateway admin user $user --json"
+operator_cmd="${operator_cmd//  / }"
 admin_cmd="curl -fsS -H \"Authorization: Bearer \$($bin_dir/ziraai-gateway token --user ops --role Admin)\" 'http://$gw/api/v1/admin/deliveries?userId=$user'"
 gateway_health_cmd="curl -fsS http://$gw/health"
 worker_health_cmd="curl -fsS http://$ZIRAAI_WORKER_LISTEN/health"
@@ -205,6 +207,7 @@ cat <<MSG
     Submit:   $submit_cmd
     Publish:  $publish_cmd
     Admin:    $admin_cmd
+    Operator: $operator_cmd
     Health:   $gateway_health_cmd
               $worker_health_cmd
   Pipeline: demo submits a job to JOBS → worker calls the development analyzer (sample
@@ -213,7 +216,7 @@ cat <<MSG
 
 MSG
 # After the banner, so whoever reads the file finds the banner printed.
-printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" \
+printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" "$operator_cmd" \
   "$gateway_health_cmd" "$worker_health_cmd" >"$commands_file.tmp"
 mv "$commands_file.tmp" "$commands_file"
 

@@ -188,7 +188,14 @@ async fn make_run_banner_commands_work_verbatim_and_ctrl_c_stops_everything() {
     let commands_file = run_dir.path().join("commands.txt");
     let text = wait_for_file(&commands_file, &mut script, &log_path).await;
     let commands: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    for needle in [" watch ", " submit ", " publish ", " token ", "/health"] {
+    for needle in [
+        " watch ",
+        " submit ",
+        " publish ",
+        " token ",
+        " admin user ",
+        "/health",
+    ] {
         assert!(
             commands.iter().any(|c| c.contains(needle)),
             "the banner has a{needle}command: {commands:#?}"
@@ -218,6 +225,10 @@ async fn make_run_banner_commands_work_verbatim_and_ctrl_c_stops_everything() {
             if command.contains("/admin/deliveries") {
                 assert!(v["records"].is_array(), "{line}");
             }
+        } else if command.contains(" admin user ") {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("`{command}` prints JSON ({e}): {line}"));
+            assert!(v["events"].is_array() && v["devices"].is_array(), "{line}");
         }
     }
 

@@ -1,6 +1,9 @@
 //! End-to-end tests: real nats-server, real gateways, real WebSocket clients.
 
 mod addresses;
+mod admin;
+mod admin_cluster;
+mod admin_support;
 mod auth;
 mod banner;
 mod bounds;

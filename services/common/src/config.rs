@@ -400,6 +400,20 @@ impl GatewayServiceConfig {
     }
 }
 
+impl SharedConfig {
+    /// Loads the shared section only (environment, NATS, logs): what a tool that only
+    /// talks to NATS needs, e.g. `ziraai-gateway admin`, in every environment (no JWT
+    /// secret is required); see [`GatewayServiceConfig::load`].
+    pub fn load(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        validate::load_shared(vars)
+    }
+
+    /// For `main`: like [`GatewayServiceConfig::for_main`].
+    pub fn for_main(program: &str) -> Result<Self, std::process::ExitCode> {
+        report(program, Self::load(&process_vars()))
+    }
+}
+
 impl WorkerServiceConfig {
     /// Loads the shared and the worker's sections; see [`GatewayServiceConfig::load`].
     pub fn load(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {

@@ -1,10 +1,10 @@
-//! `ziraai-gateway`: serve WebSocket clients (default), mint a development token, or
-//! watch a user's notifications from the command line.
+//! `ziraai-gateway`: serve WebSocket clients (default), mint a development token,
+//! watch a user's notifications from the command line, or run operator commands.
 
 use clap::{Parser, Subcommand};
 use ziraai_common::{GatewayServiceConfig as Config, shutdown, telemetry};
 use ziraai_gateway::auth::KeysError;
-use ziraai_gateway::cli::{token, watch};
+use ziraai_gateway::cli::{admin, token, watch};
 use ziraai_gateway::{App, KeyReloader};
 
 #[derive(Parser)]
@@ -28,11 +28,17 @@ enum Command {
     /// Follow USER's events as JSON lines on stdout, resuming across restarts
     /// (device id by default) and acknowledging what it printed.
     Watch(watch::WatchArgs),
+    /// Operator commands (as the `operator` NATS user): a user's events and devices,
+    /// deliveries of an event, set a cursor, replay to a device, erase a user.
+    Admin(admin::AdminArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Admin(args)) = cli.command {
+        return admin_main(args).await;
+    }
     let config = match Config::for_main("ziraai-gateway") {
         Ok(c) => c,
         Err(code) => return code,
@@ -53,7 +59,7 @@ async fn main() -> std::process::ExitCode {
             Some(traces)
         }
         // One-shot tools: stdout is the result, logs only when something is wrong.
-        Command::Token(_) | Command::Watch(_) => {
+        Command::Token(_) | Command::Watch(_) | Command::Admin(_) => {
             telemetry::init_cli(config.log_format);
             None
         }
@@ -70,6 +76,7 @@ async fn main() -> std::process::ExitCode {
             Ok(plan) => watch::run(plan, &config, shutdown::signal()).await,
             Err(e) => Err(e),
         },
+        Command::Admin(_) => unreachable!("dispatched before the gateway configuration"),
     };
     if let Some(traces) = traces {
         traces.shutdown(telemetry::SHUTDOWN_GRACE);
@@ -94,6 +101,20 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `admin`: reads only the shared configuration (NATS, logs), so it runs in every
+/// environment without the gateway's secrets.
+async fn admin_main(args: admin::AdminArgs) -> std::process::ExitCode {
+    let config = match ziraai_common::config::SharedConfig::for_main("ziraai-gateway admin") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init_cli(config.log_format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    admin::main(args, &config).await
 }
 
 async fn serve(config: Config, gateway_id: String) -> anyhow::Result<()> {

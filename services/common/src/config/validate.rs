@@ -46,6 +46,12 @@ pub(super) fn load_gateway(
     })
 }
 
+/// The shared section alone (the operator CLI: no gateway or worker setting, no secret).
+pub(super) fn load_shared(vars: &HashMap<String, String>) -> Result<SharedConfig, ConfigErrors> {
+    let (l, _file, shared) = begin(vars);
+    finish(l, shared)
+}
+
 /// `ziraai-worker`: shared and `[worker]`.
 pub(super) fn load_worker(
     vars: &HashMap<String, String>,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::super::{
-    ConfigErrors, DEV_JWT_SECRET, Environment, GatewayServiceConfig, WorkerServiceConfig,
+    ConfigErrors, DEV_JWT_SECRET, Environment, GatewayServiceConfig, SharedConfig,
+    WorkerServiceConfig,
 };
 
 const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef-prod";
@@ -348,4 +349,25 @@ fn the_per_user_connection_limit_and_its_policy() {
         ("ZIRAAI_CONNECTION_LIMIT_POLICY", "lru"),
     ]);
     assert_eq!(e.len(), 2, "{e:?}");
+}
+
+#[test]
+fn the_shared_section_alone_needs_no_service_secret_in_production() {
+    // `ziraai-gateway admin`: NATS credentials, and no JWT secret.
+    let prod = [
+        ("ZIRAAI_ENV", "production"),
+        ("ZIRAAI_NATS_USER", "operator"),
+        ("ZIRAAI_NATS_PASSWORD", "pw"),
+    ];
+    let shared = SharedConfig::load(&vars(&prod)).expect("valid without a JWT secret");
+    assert_eq!(shared.env, Environment::Production);
+    assert_eq!(shared.nats.user.as_deref(), Some("operator"));
+    assert!(!lines(GatewayServiceConfig::load(&vars(&prod))).is_empty());
+    let errors = lines(SharedConfig::load(&vars(&[("ZIRAAI_ENV", "production")])));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("NATS credentials are required")),
+        "{errors:?}"
+    );
 }
