@@ -8,6 +8,7 @@ mod client_numbers;
 mod conn_limit;
 mod delivery;
 mod demo_page;
+mod deploy;
 mod durable;
 mod forged;
 mod infra_configs;

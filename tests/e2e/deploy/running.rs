@@ -1,0 +1,94 @@
+//! The real binaries started as each manifest and unit says (program, arguments,
+//! environment, mounted files; only the NATS URL and the listen address are the test's),
+//! against a test nats-server enforcing `nats/auth.conf` with each service's own user:
+//! the provisioning Job completes, every service answers its readiness and liveness
+//! paths with 200, and SIGTERM makes it exit 0 well within its stop limit.
+
+use std::net::SocketAddr;
+
+use ziraai_e2e::{NatsServer, STEP, ServiceProcess, http_get, within};
+
+use super::spec::{Launch, k8s_launch, systemd_launch};
+
+/// The JSON start-up line that carries the listen address, and its field.
+fn listening_line(launch: &Launch) -> (&'static str, &'static str) {
+    match launch.program.as_str() {
+        "ziraai-gateway" => ("gateway listening", "addr"),
+        "ziraai-worker" => ("worker consuming jobs", "health"),
+        other => panic!("{}: unknown program {other}", launch.what),
+    }
+}
+
+/// Runs a one-shot command (the provisioning Job) to completion: exit 0.
+async fn run_to_completion(launch: &Launch, nats: &NatsServer) {
+    let args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
+    let mut p = ServiceProcess::spawn(&launch.program, &args, &launch.test_env(nats));
+    let status = p.wait_exit(STEP).await;
+    assert!(
+        status.success(),
+        "{} exited with {status}; stderr:\n{}",
+        launch.what,
+        p.stderr()
+    );
+}
+
+/// GET `path` until it answers 200 (failing after `STEP`).
+async fn answers_200(addr: SocketAddr, path: &str, what: &str) {
+    within(&format!("{what}: {path} answering 200"), async {
+        loop {
+            let (status, _) = http_get(addr, path).await;
+            if status == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Starts a service as `launch` says, checks its probes, stops it with SIGTERM.
+async fn serve_probe_and_stop(launch: &Launch, nats: &NatsServer) -> std::time::Duration {
+    let args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
+    let mut p = ServiceProcess::spawn(&launch.program, &args, &launch.test_env(nats));
+    let (message, field) = listening_line(launch);
+    let addr = p.logged_addr(message, field).await;
+    let ready = launch.ready_path.as_deref().unwrap_or("/health/ready");
+    let live = launch.live_path.as_deref().unwrap_or("/health/live");
+    answers_200(addr, ready, &launch.what).await;
+    answers_200(addr, live, &launch.what).await;
+    let stopping = std::time::Instant::now();
+    p.sigterm();
+    let status = p.wait_exit(launch.stop_limit).await;
+    let took = stopping.elapsed();
+    assert!(
+        status.success(),
+        "{}: SIGTERM ended it with {status}; stderr:\n{}",
+        launch.what,
+        p.stderr()
+    );
+    took
+}
+
+#[tokio::test]
+async fn kubernetes_containers_start_ready_and_stop_on_sigterm() {
+    let nats = NatsServer::start_with_auth().await;
+    // The Job first: the services only read the streams it creates.
+    run_to_completion(&k8s_launch("Job", "ziraai-provision", Some(&nats)), &nats).await;
+    for name in ["ziraai-gateway", "ziraai-worker"] {
+        let launch = k8s_launch("Deployment", name, Some(&nats));
+        let took = serve_probe_and_stop(&launch, &nats).await;
+        eprintln!("{}: ready, stopped by SIGTERM in {took:?}", launch.what);
+    }
+}
+
+#[tokio::test]
+async fn systemd_services_start_ready_and_stop_on_sigterm() {
+    let nats = NatsServer::start_with_auth().await;
+    // The units have no provisioning of their own: the operator runs it (README).
+    run_to_completion(&k8s_launch("Job", "ziraai-provision", Some(&nats)), &nats).await;
+    for unit in ["ziraai-gateway.service", "ziraai-worker.service"] {
+        let launch = systemd_launch(unit, Some(&nats));
+        let took = serve_probe_and_stop(&launch, &nats).await;
+        eprintln!("{unit}: ready, stopped by SIGTERM in {took:?}");
+    }
+}
