@@ -4,6 +4,7 @@
 
 mod browser;
 mod client;
+mod cluster;
 mod isolated;
 mod keys;
 mod nats_server;
@@ -30,6 +31,7 @@ use ziraai_worker::{Published, Publisher};
 
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
+pub use cluster::NatsCluster;
 pub use keys::{TestKey, short_token, token_with, unix_now};
 pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use otlp::metrics::ReceivedPoint;
