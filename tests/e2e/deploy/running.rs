@@ -1,14 +1,18 @@
 //! The real binaries started as each manifest and unit says (program, arguments,
 //! environment, mounted files; only the NATS URL and the listen address are the test's),
-//! against a test nats-server enforcing `nats/auth.conf` with each service's own user:
+//! against a 3-node test cluster (the manifests ask for 3 replicas) enforcing
+//! `nats/auth.conf`, each service as its own user:
 //! the provisioning Job completes, every service answers its readiness and liveness
 //! paths with 200, and SIGTERM makes it exit 0 well within its stop limit.
 
 use std::net::SocketAddr;
 
-use ziraai_e2e::{NatsServer, STEP, ServiceProcess, http_get, within};
+use ziraai_e2e::{NatsCluster, STEP, ServiceProcess, http_get, within};
 
 use super::spec::{Launch, k8s_launch, systemd_launch};
+
+/// NATS servers of the test cluster: the replicas the manifests and units ask for.
+const REPLICAS: usize = 3;
 
 /// The JSON start-up line that carries the listen address, and its field.
 fn listening_line(launch: &Launch) -> (&'static str, &'static str) {
@@ -20,7 +24,7 @@ fn listening_line(launch: &Launch) -> (&'static str, &'static str) {
 }
 
 /// Runs a one-shot command (the provisioning Job) to completion: exit 0.
-async fn run_to_completion(launch: &Launch, nats: &NatsServer) {
+async fn run_to_completion(launch: &Launch, nats: &NatsCluster) {
     let args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
     let mut p = ServiceProcess::spawn(&launch.program, &args, &launch.test_env(nats));
     let status = p.wait_exit(STEP).await;
@@ -47,7 +51,7 @@ async fn answers_200(addr: SocketAddr, path: &str, what: &str) {
 }
 
 /// Starts a service as `launch` says, checks its probes, stops it with SIGTERM.
-async fn serve_probe_and_stop(launch: &Launch, nats: &NatsServer) -> std::time::Duration {
+async fn serve_probe_and_stop(launch: &Launch, nats: &NatsCluster) -> std::time::Duration {
     let args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
     let mut p = ServiceProcess::spawn(&launch.program, &args, &launch.test_env(nats));
     let (message, field) = listening_line(launch);
@@ -71,7 +75,7 @@ async fn serve_probe_and_stop(launch: &Launch, nats: &NatsServer) -> std::time::
 
 #[tokio::test]
 async fn kubernetes_containers_start_ready_and_stop_on_sigterm() {
-    let nats = NatsServer::start_with_auth().await;
+    let nats = NatsCluster::start_with_auth(REPLICAS).await;
     // The Job first: the services only read the streams it creates.
     run_to_completion(&k8s_launch("Job", "ziraai-provision", Some(&nats)), &nats).await;
     for name in ["ziraai-gateway", "ziraai-worker"] {
@@ -83,7 +87,7 @@ async fn kubernetes_containers_start_ready_and_stop_on_sigterm() {
 
 #[tokio::test]
 async fn systemd_services_start_ready_and_stop_on_sigterm() {
-    let nats = NatsServer::start_with_auth().await;
+    let nats = NatsCluster::start_with_auth(REPLICAS).await;
     // The units have no provisioning of their own: the operator runs it (README).
     run_to_completion(&k8s_launch("Job", "ziraai-provision", Some(&nats)), &nats).await;
     for unit in ["ziraai-gateway.service", "ziraai-worker.service"] {

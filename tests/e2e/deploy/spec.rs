@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use ziraai_e2e::{NatsServer, workspace_dir};
+use ziraai_e2e::{NatsCluster, workspace_dir};
 
 /// A JWT secret long enough for production (at least 32 bytes), fresh per run.
 fn test_jwt_secret() -> String {
@@ -93,12 +93,12 @@ pub(crate) struct Launch {
 
 impl Launch {
     /// The environment to start the process with here: the shipped one, with the NATS
-    /// URL of the test server and listen addresses on loopback port 0 (the
+    /// URLs of the test cluster and listen addresses on loopback port 0 (the
     /// [`invariants`](super::invariants) check the shipped ones).
-    pub(crate) fn test_env(&self, nats: &NatsServer) -> std::collections::HashMap<String, String> {
+    pub(crate) fn test_env(&self, nats: &NatsCluster) -> std::collections::HashMap<String, String> {
         let mut env: std::collections::HashMap<String, String> =
             self.env.clone().into_iter().collect();
-        env.insert("ZIRAAI_NATS_URL".into(), nats.url());
+        env.insert("ZIRAAI_NATS_URL".into(), nats.urls());
         let listen = match self.program.as_str() {
             "ziraai-gateway" => "ZIRAAI_GATEWAY_LISTEN",
             _ => "ZIRAAI_WORKER_LISTEN",
@@ -121,7 +121,7 @@ fn write(path: &Path, text: &str) {
 /// The content a secret file gets: the test server's password of the user the
 /// environment names for `ZIRAAI_NATS_PASSWORD_FILE` (a placeholder without a
 /// server), a fresh secret for the JWT.
-fn secret_for(var: &str, env: &BTreeMap<String, String>, nats: Option<&NatsServer>) -> String {
+fn secret_for(var: &str, env: &BTreeMap<String, String>, nats: Option<&NatsCluster>) -> String {
     match var {
         "ZIRAAI_NATS_PASSWORD_FILE" => {
             let user = env
@@ -135,7 +135,7 @@ fn secret_for(var: &str, env: &BTreeMap<String, String>, nats: Option<&NatsServe
 }
 
 /// The one container of the Deployment or Job `kind`/`name`.
-pub(crate) fn k8s_launch(kind: &str, name: &str, nats: Option<&NatsServer>) -> Launch {
+pub(crate) fn k8s_launch(kind: &str, name: &str, nats: Option<&NatsCluster>) -> Launch {
     let workload = k8s_object(kind, name);
     let pod = pod_spec(&workload);
     let containers = pod["containers"].as_array().expect("containers");
@@ -312,7 +312,7 @@ fn installed_files(text: &str) -> BTreeMap<String, PathBuf> {
 /// What the unit `infra/systemd/<unit>` would start: the installed files of its header
 /// comment placed under a temporary root, its credentials in a credentials directory
 /// (`%d`), `EnvironmentFile=` then `Environment=` (the later wins, as in systemd).
-pub(crate) fn systemd_launch(unit: &str, nats: Option<&NatsServer>) -> Launch {
+pub(crate) fn systemd_launch(unit: &str, nats: Option<&NatsCluster>) -> Launch {
     let text = std::fs::read_to_string(systemd_dir().join(unit)).expect("read the unit");
     let settings = unit_settings(&text);
     let root = tempfile::tempdir().expect("temp root");
