@@ -3,11 +3,12 @@
 //! against a 3-node test cluster (the manifests ask for 3 replicas) enforcing
 //! `nats/auth.conf`, each service as its own user:
 //! the provisioning Job completes, every service answers its readiness and liveness
-//! paths with 200, and SIGTERM makes it exit 0 well within its stop limit.
+//! paths with 200, and SIGTERM makes it exit 0 well within its stop limit (a gateway
+//! after closing a connected client's socket with 1012).
 
 use std::net::SocketAddr;
 
-use ziraai_e2e::{NatsCluster, STEP, ServiceProcess, http_get, within};
+use ziraai_e2e::{NatsCluster, STEP, ServiceProcess, WsClient, http_get, user, within};
 
 use super::spec::{Launch, k8s_launch, systemd_launch};
 
@@ -50,6 +51,28 @@ async fn answers_200(addr: SocketAddr, path: &str, what: &str) {
     .await;
 }
 
+/// A native client of the gateway at `addr`, authenticated with a token signed by the
+/// JWT secret file the launch mounts, past its welcome frame.
+async fn connected_client(launch: &Launch, addr: SocketAddr) -> WsClient {
+    let path = launch
+        .env
+        .get("ZIRAAI_JWT_SECRET_FILE")
+        .expect("a JWT secret file");
+    let secret = std::fs::read_to_string(path).expect("read the JWT secret");
+    let u = user("deploy");
+    let token = ziraai_gateway::auth::mint(&secret.trim_end().to_owned().into(), u.as_str(), 600);
+    let mut c = WsClient::connect(&format!("ws://{addr}/ws"), Some(&token), None)
+        .await
+        .unwrap_or_else(|r| panic!("{}: upgrade refused: {r:?}", launch.what));
+    let welcome = c.frame().await;
+    assert!(
+        matches!(welcome, ziraai_proto::ServerFrame::Welcome { .. }),
+        "{}: expected a welcome, got {welcome:?}",
+        launch.what
+    );
+    c
+}
+
 /// Starts a service as `launch` says, checks its probes, stops it with SIGTERM.
 async fn serve_probe_and_stop(launch: &Launch, nats: &NatsCluster) -> std::time::Duration {
     let args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
@@ -60,8 +83,23 @@ async fn serve_probe_and_stop(launch: &Launch, nats: &NatsCluster) -> std::time:
     let live = launch.live_path.as_deref().unwrap_or("/health/live");
     answers_200(addr, ready, &launch.what).await;
     answers_200(addr, live, &launch.what).await;
+    // A gateway drains its sockets: a client with a token signed by the mounted secret
+    // is told 1012 (restart) and the process still exits 0.
+    let client = match launch.program.as_str() {
+        "ziraai-gateway" => Some(connected_client(launch, addr).await),
+        _ => None,
+    };
     let stopping = std::time::Instant::now();
     p.sigterm();
+    if let Some(mut c) = client {
+        let (_, code) = c.until_close().await;
+        assert_eq!(
+            code,
+            Some(1012),
+            "{}: close code of a drained socket",
+            launch.what
+        );
+    }
     let status = p.wait_exit(launch.stop_limit).await;
     let took = stopping.elapsed();
     assert!(
