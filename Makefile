@@ -7,7 +7,7 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test fuzz bench nats-server signalr-client browser browser-client promtool build lint fmt clean
+.PHONY: run test fuzz bench nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
@@ -17,7 +17,7 @@ run: nats-server
 TEST_BIN_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target)/debug)
 
 ## test: formatting, clippy (warnings denied), the binaries, then every unit and end-to-end test.
-test: nats-server signalr-client browser browser-client promtool
+test: nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo build --workspace --bins --locked
@@ -53,6 +53,14 @@ browser:
 ## promtool: install Debian's prometheus package (apt) when missing, for the infra/telemetry checks.
 promtool:
 	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_TEST_PROMTOOL:-/usr/bin/promtool}" prometheus "promtool, the infra/telemetry checks"
+
+## kubernetes-validate: install PyPI's kubernetes-validate (pinned, offline schemas) into .tools/, for the infra/k8s checks.
+kubernetes-validate:
+	@infra/scripts/ensure-kubernetes-validate.sh >/dev/null
+
+## systemd-analyze: install Debian's systemd (apt) when systemd-analyze is missing, for the infra/systemd checks.
+systemd-analyze:
+	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_TEST_SYSTEMD_ANALYZE:-/usr/bin/systemd-analyze}" systemd "systemd-analyze, the infra/systemd checks"
 
 ## browser-client: install the pinned puppeteer-core (tests/browser, from its lock file; no browser download).
 BROWSER_CLIENT := tests/browser/node_modules/.package-lock.json

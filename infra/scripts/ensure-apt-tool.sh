@@ -4,7 +4,8 @@
 # reused. Needs root (or sudo) the first time. Used for `chromium` (the demo-page
 # browser test; ZIRAAI_TEST_CHROMIUM overrides the path) and `promtool` from
 # `prometheus` (infra/telemetry checks; ZIRAAI_TEST_PROMTOOL; its service is not
-# started by this).
+# started by this), and `systemd-analyze` from `systemd` (infra/systemd checks;
+# ZIRAAI_TEST_SYSTEMD_ANALYZE).
 set -euo pipefail
 binary="$1" package="$2" why="$3"
 if [ -x "$binary" ]; then

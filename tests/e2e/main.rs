@@ -11,6 +11,7 @@ mod client_numbers;
 mod conn_limit;
 mod delivery;
 mod demo_page;
+mod deploy;
 mod durable;
 mod forged;
 mod infra_configs;
