@@ -162,12 +162,7 @@ start "load balancer (haproxy, $lb)" env ZIRAAI_LB_LISTEN="$lb" ZIRAAI_LB_GATEWA
   ZIRAAI_LB_GATEWAY2="${gateways[1]}" "$haproxy_bin" -db -f infra/haproxy/haproxy.cfg \
   >"$run_dir/haproxy.log" 2>&1
 wait_for "haproxy" 30 curl -fs -o /dev/null "http://$lb/health/ready"
-start "development analyzer (ziraai-worker dev-analyzer)" "$bin_dir/ziraai-worker" dev-analyzer
-# shellcheck disable=SC2046
-start "worker (ziraai-worker run)" env $(as_user worker) "$bin_dir/ziraai-worker" run
-wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
-# shellcheck disable=SC2046
-start "demo job submitter (ziraai-worker demo)" env $(as_user platform) "$bin_dir/ziraai-worker" demo
+start_jobs_side
 
 user="$ZIRAAI_DEMO_USER"
 banner_commands "$lb" "$ZIRAAI_WORKER_LISTEN"
@@ -182,22 +177,15 @@ cat <<MSG
   ZiraAI Realtime is running on a 3-node JetStream cluster (development): nodes n1-n3
   (clients ${client_ports[*]}, monitoring ${monitor_ports[*]}), gateways ${gateways[*]},
   HAProxy on $lb in front of them. In a second terminal, at the repo root:
-    Browser:  http://$lb/demo   (notifications for $user, a new one every $demo_interval)
-    Watch:    $watch_cmd
-    Submit:   $submit_cmd
-    Publish:  $publish_cmd
-    Admin:    $admin_cmd
-    Health:   $gateway_health_cmd
-              $worker_health_cmd
+MSG
+print_banner_commands
+cat <<MSG
               $node_health_cmd   (n1; n2, n3 on ${monitor_ports[1]}, ${monitor_ports[2]})
     Crash n2: $crash_cmd   (the watch keeps printing events)
     Restart:  $restart_cmd
   These commands, one per line: $commands_file.   Ctrl-C stops everything.
 
 MSG
-# After the banner, so whoever reads the file finds the banner printed.
-printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" "$gateway_health_cmd" \
-  "$worker_health_cmd" "$node_health_cmd" "$crash_cmd" "$restart_cmd" >"$commands_file.tmp"
-mv "$commands_file.tmp" "$commands_file"
+write_commands "$node_health_cmd" "$crash_cmd" "$restart_cmd"
 
 wait_for_any_exit

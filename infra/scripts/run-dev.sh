@@ -13,6 +13,7 @@
 #      them, one per line, to .run/commands.txt (tests/e2e/banner.rs runs each).
 #   4. Ctrl-C (or SIGTERM, or closing the terminal) stops everything it started, says what it stopped, exits 0.
 #      A process that dies on its own is named, the rest are stopped, exit status 1.
+# What it shares with run-cluster.sh (starting, stopping, passwords) is in run-lib.sh.
 #
 # Knobs (read here, not passed on to the services):
 #   ZIRAAI_RUN_DIR             store, logs and commands.txt (default .run)
@@ -81,34 +82,19 @@ refuse_busy "$ZIRAAI_DEV_ANALYZER_LISTEN" ZIRAAI_DEV_ANALYZER_LISTEN
 # shellcheck disable=SC2046 # as_user prints variable assignments for env
 start "gateway (ziraai-gateway)" env $(as_user gateway) "$bin_dir/ziraai-gateway"
 wait_for "gateway readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_GATEWAY_LISTEN/health/ready"
-start "development analyzer (ziraai-worker dev-analyzer)" "$bin_dir/ziraai-worker" dev-analyzer
-# shellcheck disable=SC2046
-start "worker (ziraai-worker run)" env $(as_user worker) "$bin_dir/ziraai-worker" run
-wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
-# shellcheck disable=SC2046
-start "demo job submitter (ziraai-worker demo)" env $(as_user platform) "$bin_dir/ziraai-worker" demo
+start_jobs_side
 
-gw="$ZIRAAI_GATEWAY_LISTEN"
 user="$ZIRAAI_DEMO_USER"
-banner_commands "$gw" "$ZIRAAI_WORKER_LISTEN"
+banner_commands "$ZIRAAI_GATEWAY_LISTEN" "$ZIRAAI_WORKER_LISTEN"
+echo
+echo "  ZiraAI Realtime is running (development). In a second terminal, at the repo root:"
+print_banner_commands
 cat <<MSG
-
-  ZiraAI Realtime is running (development). In a second terminal, at the repo root:
-    Browser:  http://$gw/demo   (notifications for $user, a new one every $demo_interval)
-    Watch:    $watch_cmd
-    Submit:   $submit_cmd
-    Publish:  $publish_cmd
-    Admin:    $admin_cmd
-    Health:   $gateway_health_cmd
-              $worker_health_cmd
   Pipeline: demo submits a job to JOBS → worker calls the development analyzer (sample
             results only) → publishes to NOTIFY → gateway pushes to the sockets.
   These commands, one per line: $commands_file.   Ctrl-C stops everything.
 
 MSG
-# After the banner, so whoever reads the file finds the banner printed.
-printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" \
-  "$gateway_health_cmd" "$worker_health_cmd" >"$commands_file.tmp"
-mv "$commands_file.tmp" "$commands_file"
+write_commands
 
 wait_for_any_exit

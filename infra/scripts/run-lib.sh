@@ -164,10 +164,20 @@ provision_as_operator() { # applies nats/streams and nats/consumers (quiet unles
   env $(as_user operator) "$bin_dir/ziraai-worker" provision >/dev/null
 }
 
+start_jobs_side() { # the development analyzer, the worker (until ready), the demo job submitter
+  start "development analyzer (ziraai-worker dev-analyzer)" "$bin_dir/ziraai-worker" dev-analyzer
+  # shellcheck disable=SC2046
+  start "worker (ziraai-worker run)" env $(as_user worker) "$bin_dir/ziraai-worker" run
+  wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
+  # shellcheck disable=SC2046
+  start "demo job submitter (ziraai-worker demo)" env $(as_user platform) "$bin_dir/ziraai-worker" demo
+}
+
 banner_commands() { # gateway (or load balancer) host:port, worker health host:port
   # Sets the commands both banners print: watch_cmd, submit_cmd, publish_cmd, admin_cmd,
-  # gateway_health_cmd, worker_health_cmd (for $user on $ZIRAAI_NATS_URL).
-  local gw="$1" with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL"
+  # gateway_health_cmd, worker_health_cmd (for $user on $ZIRAAI_NATS_URL), and gw.
+  gw="$1"
+  local with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL"
   watch_cmd="$bin_dir/ziraai-gateway watch --url ws://$gw/ws --user $user"
   # Job submitters connect as `platform`, producers as `worker` (the password stays in its file).
   submit_cmd="$with_nats $(as_user platform) $bin_dir/ziraai-worker submit --user $user --analysis 42"
@@ -177,4 +187,21 @@ banner_commands() { # gateway (or load balancer) host:port, worker health host:p
   admin_cmd="curl -fsS -H \"Authorization: Bearer \$($bin_dir/ziraai-gateway token --user ops --role Admin)\" 'http://$gw/api/v1/admin/deliveries?userId=$user'"
   gateway_health_cmd="curl -fsS http://$gw/health"
   worker_health_cmd="curl -fsS http://$2/health"
+}
+print_banner_commands() { # the banner lines both scripts show, from browser to health
+  cat <<MSG
+    Browser:  http://$gw/demo   (notifications for $user, a new one every $demo_interval)
+    Watch:    $watch_cmd
+    Submit:   $submit_cmd
+    Publish:  $publish_cmd
+    Admin:    $admin_cmd
+    Health:   $gateway_health_cmd
+              $worker_health_cmd
+MSG
+}
+write_commands() { # more commands…: the banner's commands, one per line, to $commands_file
+  # Called after the banner, so whoever reads the file finds the banner printed.
+  printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" \
+    "$gateway_health_cmd" "$worker_health_cmd" "$@" >"$commands_file.tmp"
+  mv "$commands_file.tmp" "$commands_file"
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::run_script::{COMMAND, RunScript, Watch, free_ports, run_once, says_stopped};
+use crate::run_script::{COMMAND, RunScript, Watch, free_ports, run_checked, says_stopped};
 
 /// Runs a long-running command (`watch`) until it prints an event line, then SIGTERM:
 /// it must exit 0.
@@ -45,16 +45,7 @@ async fn make_run_banner_commands_work_verbatim_and_ctrl_c_stops_everything() {
             run_until_event(command).await;
             continue;
         }
-        let line = run_once(command).await;
-        if command.contains(" submit ") {
-            assert!(line.starts_with("submitted job "), "{line}");
-        } else if command.starts_with("curl") {
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("`{command}` answers JSON ({e}): {line}"));
-            if command.contains("/admin/deliveries") {
-                assert!(v["records"].is_array(), "{line}");
-            }
-        }
+        run_checked(command).await;
     }
 
     let kids = script.children();

@@ -63,6 +63,21 @@ pub(crate) async fn run_once(command: &str) -> String {
     lines[0].to_owned()
 }
 
+/// Runs a one-shot banner command with [`run_once`] and checks its line: `submit`
+/// says what it submitted, a `curl` answers JSON (the admin endpoint its records).
+pub(crate) async fn run_checked(command: &str) {
+    let line = run_once(command).await;
+    if command.contains(" submit ") {
+        assert!(line.starts_with("submitted job "), "{line}");
+    } else if command.starts_with("curl") {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("`{command}` answers JSON ({e}): {line}"));
+        if command.contains("/admin/deliveries") {
+            assert!(v["records"].is_array(), "{line}");
+        }
+    }
+}
+
 /// A run script (`infra/scripts/run-*.sh`) running in the background. Dropped before
 /// [`RunScript::interrupt`], it is sent SIGTERM: the script stops its children itself
 /// (a SIGKILL of the script would orphan them).
