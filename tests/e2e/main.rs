@@ -19,6 +19,7 @@ mod permissions;
 mod polling;
 mod processes;
 mod protocol;
+mod replicas;
 mod run_script;
 mod scale_out;
 mod shutdown;
