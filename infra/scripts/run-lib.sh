@@ -54,7 +54,10 @@ stop_one() { # name, pid
   echo "stopped $name (pid $pid)"
 }
 stop_all() { # newest first, so NATS stops last
-  set +e # keep stopping even if the terminal is gone and echo fails
+  # Keep stopping even if the terminal (or whoever read our output) is gone: echo then
+  # fails instead of SIGPIPE ending the script with its children still running.
+  set +e
+  trap '' PIPE
   local i pid
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     pid="${pids[i]}"
