@@ -4,7 +4,9 @@
 # reused. Needs root (or sudo) the first time. Used for `chromium` (the demo-page
 # browser test; ZIRAAI_TEST_CHROMIUM overrides the path) and `promtool` from
 # `prometheus` (infra/telemetry checks; ZIRAAI_TEST_PROMTOOL; its service is not
-# started by this).
+# started by this), and `haproxy` (make run-cluster's load balancer and its tests;
+# ZIRAAI_HAPROXY_BIN, ZIRAAI_TEST_HAPROXY; Debian's package enables a service that
+# only starts under systemd).
 set -euo pipefail
 binary="$1" package="$2" why="$3"
 if [ -x "$binary" ]; then
