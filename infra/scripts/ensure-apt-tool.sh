@@ -5,8 +5,8 @@
 # browser test; ZIRAAI_TEST_CHROMIUM overrides the path) and `promtool` from
 # `prometheus` (infra/telemetry checks; ZIRAAI_TEST_PROMTOOL; its service is not
 # started by this), and `haproxy` (make run-cluster's load balancer and its tests;
-# ZIRAAI_HAPROXY_BIN, ZIRAAI_TEST_HAPROXY; Debian's package enables a service that
-# only starts under systemd).
+# ZIRAAI_HAPROXY_BIN, ZIRAAI_TEST_HAPROXY; under systemd the package also starts its
+# service, whose default /etc/haproxy/haproxy.cfg listens on no port).
 set -euo pipefail
 binary="$1" package="$2" why="$3"
 if [ -x "$binary" ]; then
