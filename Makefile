@@ -7,17 +7,21 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run test fuzz bench nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze build lint fmt clean
+.PHONY: run run-cluster haproxy test fuzz bench nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
 	@infra/scripts/run-dev.sh
 
+## run-cluster: 3 NATS nodes (nats/cluster/), 2 gateways behind HAProxy (:8090), worker, analyzer, demo; Ctrl-C stops all.
+run-cluster: nats-server haproxy
+	@infra/scripts/run-cluster.sh
+
 # The process tests run the binaries from here (they read ZIRAAI_TEST_BIN_DIR).
 TEST_BIN_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target)/debug)
 
 ## test: formatting, clippy (warnings denied), the binaries, then every unit and end-to-end test.
-test: nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze
+test: nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze haproxy
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo build --workspace --bins --locked
@@ -61,6 +65,10 @@ kubernetes-validate:
 ## systemd-analyze: install Debian's systemd (apt) when systemd-analyze is missing, for the infra/systemd checks.
 systemd-analyze:
 	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_TEST_SYSTEMD_ANALYZE:-/usr/bin/systemd-analyze}" systemd "systemd-analyze, the infra/systemd checks"
+
+## haproxy: install Debian's haproxy (apt) when missing, for make run-cluster and its tests.
+haproxy:
+	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_HAPROXY_BIN:-/usr/sbin/haproxy}" haproxy "the load balancer of make run-cluster"
 
 ## browser-client: install the pinned puppeteer-core (tests/browser, from its lock file; no browser download).
 BROWSER_CLIENT := tests/browser/node_modules/.package-lock.json

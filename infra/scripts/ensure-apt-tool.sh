@@ -4,8 +4,10 @@
 # reused. Needs root (or sudo) the first time. Used for `chromium` (the demo-page
 # browser test; ZIRAAI_TEST_CHROMIUM overrides the path) and `promtool` from
 # `prometheus` (infra/telemetry checks; ZIRAAI_TEST_PROMTOOL; its service is not
-# started by this), and `systemd-analyze` from `systemd` (infra/systemd checks;
-# ZIRAAI_TEST_SYSTEMD_ANALYZE).
+# started by this), `systemd-analyze` from `systemd` (infra/systemd checks;
+# ZIRAAI_TEST_SYSTEMD_ANALYZE), and `haproxy` (make run-cluster's load balancer and its
+# tests; ZIRAAI_HAPROXY_BIN, ZIRAAI_TEST_HAPROXY; under systemd the package also starts
+# its service, whose default /etc/haproxy/haproxy.cfg listens on no port).
 set -euo pipefail
 binary="$1" package="$2" why="$3"
 if [ -x "$binary" ]; then

@@ -13,6 +13,7 @@
 #      them, one per line, to .run/commands.txt (tests/e2e/banner.rs runs each).
 #   4. Ctrl-C (or SIGTERM, or closing the terminal) stops everything it started, says what it stopped, exits 0.
 #      A process that dies on its own is named, the rest are stopped, exit status 1.
+# What it shares with run-cluster.sh (starting, stopping, passwords) is in run-lib.sh.
 #
 # Knobs (read here, not passed on to the services):
 #   ZIRAAI_RUN_DIR             store, logs and commands.txt (default .run)
@@ -46,112 +47,19 @@ export ZIRAAI_ANALYZER_URL="${ZIRAAI_ANALYZER_URL:-http://$ZIRAAI_DEV_ANALYZER_L
 export ZIRAAI_DEMO_USER="${ZIRAAI_DEMO_USER:-demo-farmer}"
 demo_interval="${ZIRAAI_DEMO_INTERVAL:-5s}"
 
-pids=()
-names=()
-start() { # name, command…: runs it in the background and remembers it
-  local name="$1"; shift
-  # In its own session: a terminal's Ctrl-C reaches this script (and make) only, and
-  # the script stops the processes in order (newest first, NATS last).
-  setsid "$@" &
-  pids+=($!)
-  names+=("$name")
-}
-alive() { # pid: running (not exited, not a zombie waiting to be reaped)
-  local st
-  st="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
-  [[ -n "$st" && "$st" != Z* ]]
-}
-stop_grace=15 # seconds a process gets after SIGTERM before SIGKILL
-stop_all() { # newest first, so NATS stops last
-  set +e # keep stopping even if the terminal is gone and echo fails
-  local i pid
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid="${pids[i]}"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 $((stop_grace * 10))); do
-      alive "$pid" || break
-      sleep 0.1
-    done
-    if alive "$pid"; then
-      kill -KILL "$pid" 2>/dev/null || true
-      echo "killed ${names[i]} (pid $pid): still running ${stop_grace}s after SIGTERM"
-    fi
-    wait "$pid" 2>/dev/null || true
-    echo "stopped ${names[i]} (pid $pid)"
-  done
-  pids=()
-  names=()
-}
-on_signal() {
-  trap - INT TERM HUP
-  set +e
-  echo
-  echo "stopping…"
-  stop_all
-  rm -f "$commands_file"
-  echo "all stopped."
-  exit 0
-}
-trap on_signal INT TERM HUP # HUP: the terminal closed
-trap stop_all EXIT
+# shellcheck source=infra/scripts/run-lib.sh
+source infra/scripts/run-lib.sh
+stop_on_signals
 
-answers() { # host:port
-  local host="${1%:*}" port="${1##*:}"
-  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
-}
-first_hostport() { # first URL of a comma-separated list, without scheme and credentials
-  local u="${1%%,*}"
-  u="${u#*://}"; u="${u##*@}"; u="${u%%/*}"
-  echo "$u"
-}
-wait_for() { # what, seconds, command…
-  local what="$1" secs="$2"; shift 2
-  for _ in $(seq 1 $((secs * 10))); do
-    if "$@"; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $what" >&2
-  return 1
-}
-refuse_busy() { # address, variable that moves it
-  if answers "$1"; then
-    echo "something already listens on $1 (another make run?); stop it or set $2" >&2
-    exit 1
-  fi
-}
-
-if [ "$skip_build" != 1 ]; then
-  echo "building…"
-  cargo build --quiet --bins
-fi
+build_unless_skipped "$skip_build"
 
 # Credentials of the users in nats/auth.conf, one file each; empty when the server is
 # not ours (then the services use whatever ZIRAAI_NATS_* says).
 cred_dir="$run_dir/nats"
-nats_users=(gateway worker platform operator)
-as_user() { # user: the variables that make a service connect as that user
-  if [ -n "$own_nats" ]; then
-    echo "ZIRAAI_NATS_USER=$1 ZIRAAI_NATS_PASSWORD_FILE=$cred_dir/$1.password"
-  fi
-}
-new_passwords() { # fresh random passwords, readable by this user only
-  local u
-  rm -rf "$cred_dir"
-  (umask 077 && mkdir -p "$cred_dir")
-  for u in "${nats_users[@]}"; do
-    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$cred_dir/$u.password")
-  done
-}
 start_nats() { # like start, with each password in nats-server's environment only
-  (
-    for u in "${nats_users[@]}"; do
-      export "ZIRAAI_NATS_${u^^}_PASSWORD=$(cat "$cred_dir/$u.password")"
-    done
-    exec "$nats_bin" -c nats/dev.conf -a "${nats_addr%:*}" -p "${nats_addr##*:}" \
-      -m "$nats_monitor_port" -sd "$run_dir/nats-store"
-  ) >"$run_dir/nats.log" 2>&1 &
-  pids+=($!)
-  names+=(nats-server)
+  (exec_nats_server "$nats_bin" -c nats/dev.conf -a "${nats_addr%:*}" -p "${nats_addr##*:}" \
+    -m "$nats_monitor_port" -sd "$run_dir/nats-store") >"$run_dir/nats.log" 2>&1 &
+  track nats-server $!
 }
 
 own_nats=""
@@ -165,11 +73,7 @@ else
   new_passwords
   start_nats
   wait_for "nats-server" 10 answers "$nats_addr"
-  # Our users authenticate with their own files, not with a credential set here.
-  unset ZIRAAI_NATS_USER ZIRAAI_NATS_PASSWORD ZIRAAI_NATS_PASSWORD_FILE ZIRAAI_NATS_TOKEN \
-    ZIRAAI_NATS_TOKEN_FILE ZIRAAI_NATS_CREDS_FILE
-  # shellcheck disable=SC2046 # as_user prints variable assignments for env
-  env $(as_user operator) "$bin_dir/ziraai-worker" provision >/dev/null
+  provision_as_operator
 fi
 
 refuse_busy "$ZIRAAI_GATEWAY_LISTEN" ZIRAAI_GATEWAY_LISTEN
@@ -178,60 +82,19 @@ refuse_busy "$ZIRAAI_DEV_ANALYZER_LISTEN" ZIRAAI_DEV_ANALYZER_LISTEN
 # shellcheck disable=SC2046 # as_user prints variable assignments for env
 start "gateway (ziraai-gateway)" env $(as_user gateway) "$bin_dir/ziraai-gateway"
 wait_for "gateway readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_GATEWAY_LISTEN/health/ready"
-start "development analyzer (ziraai-worker dev-analyzer)" "$bin_dir/ziraai-worker" dev-analyzer
-# shellcheck disable=SC2046
-start "worker (ziraai-worker run)" env $(as_user worker) "$bin_dir/ziraai-worker" run
-wait_for "worker readiness" 30 curl -fs -o /dev/null "http://$ZIRAAI_WORKER_LISTEN/health/ready"
-# shellcheck disable=SC2046
-start "demo job submitter (ziraai-worker demo)" env $(as_user platform) "$bin_dir/ziraai-worker" demo
+start_jobs_side
 
-gw="$ZIRAAI_GATEWAY_LISTEN"
 user="$ZIRAAI_DEMO_USER"
-with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL"
-watch_cmd="$bin_dir/ziraai-gateway watch --url ws://$gw/ws --user $user"
-# Job submitters connect as `platform`, producers as `worker` (the password stays in its file).
-submit_cmd="$with_nats $(as_user platform) $bin_dir/ziraai-worker submit --user $user --analysis 42"
-submit_cmd="${submit_cmd//  / }"
-publish_cmd="$with_nats $(as_user worker) $bin_dir/ziraai-worker publish --user $user --analysis 43 --result '{\"disease\":\"leaf rust\",\"confidence\":0.93}'"
-publish_cmd="${publish_cmd//  / }"
-operator_cmd="$with_nats $(as_user operator) $bin_dir/ziraai-gateway admin user $user --json"
-operator_cmd="${operator_cmd//  / }"
-admin_cmd="curl -fsS -H \"Authorization: Bearer \$($bin_dir/ziraai-gateway token --user ops --role Admin)\" 'http://$gw/api/v1/admin/deliveries?userId=$user'"
-gateway_health_cmd="curl -fsS http://$gw/health"
-worker_health_cmd="curl -fsS http://$ZIRAAI_WORKER_LISTEN/health"
+banner_commands "$ZIRAAI_GATEWAY_LISTEN" "$ZIRAAI_WORKER_LISTEN"
+echo
+echo "  ZiraAI Realtime is running (development). In a second terminal, at the repo root:"
+print_banner_commands
 cat <<MSG
-
-  ZiraAI Realtime is running (development). In a second terminal, at the repo root:
-    Browser:  http://$gw/demo   (notifications for $user, a new one every $demo_interval)
-    Watch:    $watch_cmd
-    Submit:   $submit_cmd
-    Publish:  $publish_cmd
-    Admin:    $admin_cmd
-    Operator: $operator_cmd
-    Health:   $gateway_health_cmd
-              $worker_health_cmd
   Pipeline: demo submits a job to JOBS → worker calls the development analyzer (sample
             results only) → publishes to NOTIFY → gateway pushes to the sockets.
   These commands, one per line: $commands_file.   Ctrl-C stops everything.
 
 MSG
-# After the banner, so whoever reads the file finds the banner printed.
-printf '%s\n' "$watch_cmd" "$submit_cmd" "$publish_cmd" "$admin_cmd" "$operator_cmd" \
-  "$gateway_health_cmd" "$worker_health_cmd" >"$commands_file.tmp"
-mv "$commands_file.tmp" "$commands_file"
+write_commands
 
-dead=""
-status=0
-wait -n -p dead "${pids[@]}" || status=$?
-# A stop signal runs on_signal (which exits 0) before this line; reaching it means a
-# process ended by itself.
-for i in "${!pids[@]}"; do
-  if [ "${pids[i]}" = "$dead" ]; then
-    echo "${names[i]} (pid $dead) exited on its own with status $status; stopping the rest" >&2
-    unset 'pids[i]' 'names[i]'
-    pids=("${pids[@]}")
-    names=("${names[@]}")
-    break
-  fi
-done
-exit 1
+wait_for_any_exit

@@ -93,15 +93,7 @@ pub struct DemoPage {
 }
 
 fn chromium() -> PathBuf {
-    let path =
-        std::env::var_os("ZIRAAI_TEST_CHROMIUM").map_or_else(|| CHROMIUM.into(), PathBuf::from);
-    assert!(
-        path.exists(),
-        "chromium is not installed at {}: run `make browser` (make test does; it runs \
-         `apt-get install chromium`)",
-        path.display()
-    );
-    path
+    crate::debian_tool("ZIRAAI_TEST_CHROMIUM", CHROMIUM, "browser", "chromium")
 }
 
 fn script() -> PathBuf {

@@ -36,7 +36,9 @@ pub use keys::{TestKey, short_token, token_with, unix_now};
 pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use otlp::metrics::ReceivedPoint;
 pub use otlp::{OtlpProtocol, OtlpReceiver, ReceivedSpan};
-pub use process::{ServiceProcess, bin_path, send_signal, shipped_config_dir, workspace_dir};
+pub use process::{
+    ServiceProcess, bin_path, debian_tool, send_signal, shipped_config_dir, workspace_dir,
+};
 pub use proxy::Proxy;
 pub use signalr::{JsClient, JsOptions};
 pub use source::{Answer, connect_from, request_from};

@@ -53,6 +53,20 @@ pub async fn send_signal(signal: &str, target: &str) {
     assert!(status.success(), "kill {signal} {target} failed");
 }
 
+/// A tool from a Debian package that the Makefile installs with `apt-get` when missing
+/// (`make <make_target>`): at `default`, or where the variable `env_var` says. Fails the
+/// test with how to install it.
+pub fn debian_tool(env_var: &str, default: &str, make_target: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os(env_var).map_or_else(|| default.into(), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make {make_target}` (make test does; it runs \
+         `apt-get install {package}`)",
+        path.display()
+    );
+    path
+}
+
 /// The repository's root.
 pub fn workspace_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
