@@ -6,6 +6,7 @@ mod browser;
 mod client;
 mod isolated;
 mod keys;
+mod load;
 mod nats_server;
 mod node;
 mod otlp;
@@ -31,6 +32,10 @@ use ziraai_worker::{Published, Publisher};
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use keys::{TestKey, short_token, token_with, unix_now};
+pub use load::{
+    Balancer, Device, DeviceResult, EventLoad, Sent, assert_every_device_has_everything,
+    assert_stream_holds_each_once, first_delivery_after, wait_connected,
+};
 pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use otlp::metrics::ReceivedPoint;
 pub use otlp::{OtlpProtocol, OtlpReceiver, ReceivedSpan};

@@ -1,0 +1,592 @@
+//! A steady load for fault tests: a publisher sending events round-robin to several
+//! users at a fixed rate (each publish its own task, so an election stalls none of the
+//! later ones), devices that stay connected through anything (a native socket that
+//! reconnects with its device id, alternating between gateway URLs; the official
+//! SignalR client with automatic and stateful reconnect, restarted if it ever gives
+//! up), a round-robin TCP balancer in front of gateways, and the final check: every
+//! device has every event of its user exactly once after dropping repeats, in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ziraai_proto::analysis::{AnalysisId, AnalysisOutcome};
+use ziraai_proto::{ServerFrame, UserId};
+use ziraai_worker::Publisher;
+
+use crate::{JsClient, JsOptions, within_for};
+
+/// Pause between two connection attempts of a device (pacing, not synchronisation).
+const RECONNECT_PACE: Duration = Duration::from_millis(100);
+
+/// One acknowledged publish.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub user: usize,
+    pub analysis_id: String,
+    pub seq: u64,
+    pub sent_at: Instant,
+    pub acked_at: Instant,
+}
+
+/// Events published at a steady rate, round-robin over `users`.
+pub struct EventLoad {
+    stop: CancellationToken,
+    ticker: JoinHandle<()>,
+    tasks: TaskTracker,
+    sent: Arc<Mutex<Vec<Sent>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+}
+
+impl EventLoad {
+    /// Starts publishing `per_second` events a second with `publisher`.
+    pub fn start(publisher: Publisher, users: Vec<UserId>, per_second: u32) -> Self {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+        let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (s, t, ok, bad) = (stop.clone(), tasks.clone(), sent.clone(), failed.clone());
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1) / per_second);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for n in 0usize.. {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let which = n % users.len();
+                let user = users[which].clone();
+                let (publisher, ok, bad) = (publisher.clone(), ok.clone(), bad.clone());
+                t.spawn(async move {
+                    let id = format!("load-{n}-{}", nuid::next());
+                    let outcome = AnalysisOutcome::completed(
+                        AnalysisId::Text(id.clone()),
+                        user,
+                        json!({"n": n}),
+                    );
+                    let sent_at = Instant::now();
+                    match publisher.publish_outcome(&outcome).await {
+                        Ok(p) => ok.lock().expect("lock").push(Sent {
+                            user: which,
+                            analysis_id: id,
+                            seq: p.seq,
+                            sent_at,
+                            acked_at: Instant::now(),
+                        }),
+                        Err(e) => bad.lock().expect("lock").push(format!("{id}: {e}")),
+                    }
+                });
+            }
+        });
+        Self {
+            stop,
+            ticker,
+            tasks,
+            sent,
+            failed,
+        }
+    }
+
+    /// Publishes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.sent.lock().expect("lock").len()
+    }
+
+    /// The first publish sent after `at` that was acknowledged: how long after `at`.
+    pub fn first_ack_of_a_publish_sent_after(&self, at: Instant) -> Option<Duration> {
+        let sent = self.sent.lock().expect("lock");
+        sent.iter()
+            .filter(|s| s.sent_at > at)
+            .map(|s| s.acked_at - at)
+            .min()
+    }
+
+    /// Waits until `n` more publishes were acknowledged than now (bounded by `limit`).
+    pub async fn wait_acked(&self, more: usize, limit: Duration) {
+        let target = self.acked() + more;
+        within_for(limit, &format!("{more} more acknowledged publishes"), async {
+            while self.acked() < target {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops publishing and waits for every publish in flight to end; panics if any
+    /// publish failed for good. Returns every acknowledged publish.
+    pub async fn finish(self) -> Vec<Sent> {
+        self.stop.cancel();
+        let _ = self.ticker.await;
+        self.tasks.close();
+        within_for(
+            Duration::from_secs(60),
+            "publishes in flight",
+            self.tasks.wait(),
+        )
+        .await;
+        let failed = self.failed.lock().expect("lock").clone();
+        assert!(failed.is_empty(), "publishes given up: {failed:?}");
+        let mut sent = self.sent.lock().expect("lock").clone();
+        sent.sort_by_key(|s| s.seq);
+        sent
+    }
+}
+
+/// What a device received, in arrival order.
+#[derive(Debug, Clone)]
+enum Got {
+    /// A native event frame's sequence.
+    Seq(u64),
+    /// A SignalR invocation's `analysisId` (SignalR carries no sequence).
+    Id(String),
+}
+
+#[derive(Default)]
+struct Inbox {
+    got: Mutex<Vec<(Got, Instant)>>,
+    connected: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A device of one user that stays connected, whatever happens to gateways or brokers.
+pub struct Device {
+    pub name: String,
+    pub user: usize,
+    inbox: Arc<Inbox>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Device {
+    /// A native client (`/ws?deviceId=…`, acking every event) trying `urls` in turn
+    /// whenever its socket ends.
+    pub fn native(urls: Vec<String>, user: (usize, &UserId), device: &str) -> Self {
+        let inbox = Arc::new(Inbox::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(native_loop(
+            urls,
+            user.1.clone(),
+            device.to_owned(),
+            inbox.clone(),
+            stop.clone(),
+        ));
+        Self {
+            name: format!("native {device}"),
+            user: user.0,
+            inbox,
+            stop,
+            task,
+        }
+    }
+
+    /// The official SignalR client on `hub_url` (`…/hubs/plantanalysis`) with a device
+    /// id, automatic and stateful reconnect; started again should it ever close.
+    pub fn signalr(hub_url: String, user: (usize, &UserId), device: &str) -> Self {
+        let inbox = Arc::new(Inbox::default());
+        let stop = CancellationToken::new();
+        let opts = JsOptions {
+            url: format!("{hub_url}?deviceId={device}"),
+            token: crate::token(user.1),
+            protocol: "json",
+            reconnect: true,
+            stateful: true,
+            ..JsOptions::default()
+        };
+        let task = tokio::spawn(signalr_loop(opts, inbox.clone(), stop.clone()));
+        Self {
+            name: format!("signalr {device}"),
+            user: user.0,
+            inbox,
+            stop,
+            task,
+        }
+    }
+
+    /// Times this device connected (the first time included).
+    pub fn connections(&self) -> u64 {
+        self.inbox.connected.load(Ordering::SeqCst)
+    }
+
+    /// Times the connection dropped or the client reported reconnecting.
+    pub fn reconnects(&self) -> u64 {
+        self.inbox.reconnects.load(Ordering::SeqCst)
+    }
+
+    /// Received events as stream sequences (SignalR ids mapped through `seq_of`), in
+    /// arrival order, with their arrival times.
+    fn received(&self, seq_of: &HashMap<String, u64>) -> Vec<(u64, Instant)> {
+        self.inbox
+            .got
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(g, at)| match g {
+                Got::Seq(s) => (*s, *at),
+                Got::Id(id) => (
+                    *seq_of
+                        .get(id)
+                        .unwrap_or_else(|| panic!("{} got an unknown event {id}", self.name)),
+                    *at,
+                ),
+            })
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Waits until every device is connected (bounded by `limit`).
+pub async fn wait_connected(devices: &[Device], limit: Duration) {
+    within_for(limit, "every device connected", async {
+        while devices.iter().any(|d| d.connections() == 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+async fn native_loop(
+    urls: Vec<String>,
+    user: UserId,
+    device: String,
+    inbox: Arc<Inbox>,
+    stop: CancellationToken,
+) {
+    let token = crate::token(&user);
+    for attempt in 0usize.. {
+        let url = format!("{}?deviceId={device}", urls[attempt % urls.len()]);
+        let mut req = url.into_client_request().expect("valid URL");
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}")).expect("header value");
+        req.headers_mut().insert("Authorization", bearer);
+        let connect = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(req),
+        );
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = connect => c,
+        };
+        if let Ok(Ok((mut ws, _))) = connected {
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        return;
+                    }
+                    m = ws.next() => m,
+                };
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                match serde_json::from_str::<ServerFrame>(&text) {
+                    Ok(ServerFrame::Welcome { .. }) => {
+                        inbox.connected.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(ServerFrame::Event(e)) => {
+                        inbox
+                            .got
+                            .lock()
+                            .expect("lock")
+                            .push((Got::Seq(e.seq), Instant::now()));
+                        let ack = Message::Text(format!(r#"{{"type":"ack","seq":{}}}"#, e.seq).into());
+                        if ws.send(ack).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        inbox.reconnects.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECONNECT_PACE) => {}
+        }
+    }
+}
+
+async fn signalr_loop(opts: JsOptions, inbox: Arc<Inbox>, stop: CancellationToken) {
+    loop {
+        let mut client = JsClient::start(opts.clone()).await;
+        loop {
+            let v = tokio::select! {
+                _ = stop.cancelled() => {
+                    client.command("stop").await;
+                    return;
+                }
+                v = client.next_unbounded() => v,
+            };
+            let Some(v) = v else { break };
+            match v["event"].as_str() {
+                Some("connected") => {
+                    inbox.connected.fetch_add(1, Ordering::SeqCst);
+                }
+                Some("invocation") => {
+                    let id = v["data"]["analysisId"].as_str().unwrap_or_default();
+                    inbox
+                        .got
+                        .lock()
+                        .expect("lock")
+                        .push((Got::Id(id.to_owned()), Instant::now()));
+                }
+                Some("reconnecting") => {
+                    inbox.reconnects.fetch_add(1, Ordering::SeqCst);
+                }
+                Some("closed" | "startFailed") => break,
+                _ => {}
+            }
+        }
+        // The client gave up (or its start failed): a new one resumes from the cursor.
+        inbox.reconnects.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECONNECT_PACE) => {}
+        }
+    }
+}
+
+/// What one device ended with.
+#[derive(Debug)]
+pub struct DeviceResult {
+    pub name: String,
+    /// Events received more than once (dropped by sequence, as clients do).
+    pub repeats: usize,
+    /// Events of its user it never received.
+    pub missing: Vec<u64>,
+    /// Events received after a later one (dropping repeats cannot fix that).
+    pub out_of_order: usize,
+}
+
+/// Each device's events after dropping repeats (anything at or below the highest
+/// sequence already seen), compared with its user's events.
+fn judge(device: &Device, expected: &[u64], seq_of: &HashMap<String, u64>) -> DeviceResult {
+    let mut last = 0;
+    let mut kept = Vec::new();
+    let mut repeats = 0;
+    for (seq, _) in device.received(seq_of) {
+        if seq <= last {
+            repeats += 1;
+            continue;
+        }
+        last = seq;
+        kept.push(seq);
+    }
+    let kept_set: std::collections::HashSet<u64> = kept.iter().copied().collect();
+    let missing: Vec<u64> = expected
+        .iter()
+        .copied()
+        .filter(|s| !kept_set.contains(s))
+        .collect();
+    // A missing event that arrived only after a later one was dropped as a "repeat".
+    let out_of_order = missing
+        .iter()
+        .filter(|s| device.received(seq_of).iter().any(|(r, _)| r == *s))
+        .count();
+    DeviceResult {
+        name: device.name.clone(),
+        repeats,
+        missing,
+        out_of_order,
+    }
+}
+
+/// Waits (at most `limit`) until every device has every event of its user, then
+/// asserts it: exactly once after dropping repeats, in order. Returns each device's
+/// result (with its repeats).
+pub async fn assert_every_device_has_everything(
+    devices: &[Device],
+    sent: &[Sent],
+    limit: Duration,
+) -> Vec<DeviceResult> {
+    let seq_of: HashMap<String, u64> = sent
+        .iter()
+        .map(|s| (s.analysis_id.clone(), s.seq))
+        .collect();
+    let expected = |user: usize| -> Vec<u64> {
+        sent.iter()
+            .filter(|s| s.user == user)
+            .map(|s| s.seq)
+            .collect()
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let results: Vec<DeviceResult> = devices
+            .iter()
+            .map(|d| judge(d, &expected(d.user), &seq_of))
+            .collect();
+        let done = results
+            .iter()
+            .all(|r| r.missing.is_empty() && r.out_of_order == 0);
+        let stuck = results.iter().any(|r| r.out_of_order > 0);
+        if done {
+            return results;
+        }
+        if stuck || Instant::now() >= deadline {
+            let summary: Vec<String> = results
+                .iter()
+                .filter(|r| !r.missing.is_empty())
+                .map(|r| {
+                    format!(
+                        "{}: {} missing (first {:?}), {} out of order",
+                        r.name,
+                        r.missing.len(),
+                        &r.missing[..r.missing.len().min(5)],
+                        r.out_of_order
+                    )
+                })
+                .collect();
+            panic!("devices lack events after {limit:?}: {summary:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// When the first event stored after `at` (a sequence above `last_before`) reached any
+/// device: how long after `at`.
+pub fn first_delivery_after(
+    devices: &[Device],
+    sent: &[Sent],
+    last_before: u64,
+    at: Instant,
+) -> Option<Duration> {
+    let seq_of: HashMap<String, u64> = sent
+        .iter()
+        .map(|s| (s.analysis_id.clone(), s.seq))
+        .collect();
+    devices
+        .iter()
+        .flat_map(|d| d.received(&seq_of))
+        .filter(|(seq, when)| *seq > last_before && *when > at)
+        .map(|(_, when)| when - at)
+        .min()
+}
+
+/// The `NOTIFY` stream holds exactly the events acknowledged, each once: its message
+/// count (from the leader) equals the acknowledged publishes, and every `Nats-Msg-Id`
+/// in it is distinct. Returns the number of duplicates found (asserted 0).
+pub async fn assert_stream_holds_each_once(client: async_nats::Client, sent: &[Sent]) -> usize {
+    let js = async_nats::jetstream::new(client);
+    let mut stream = within_for(
+        Duration::from_secs(10),
+        "NOTIFY info",
+        js.get_stream("NOTIFY"),
+    )
+    .await
+    .expect("NOTIFY exists");
+    let info = within_for(Duration::from_secs(10), "NOTIFY info", stream.info())
+        .await
+        .expect("info")
+        .clone();
+    let distinct_seqs: std::collections::HashSet<u64> = sent.iter().map(|s| s.seq).collect();
+    assert_eq!(distinct_seqs.len(), sent.len(), "two publishes acked one sequence");
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut next = 1;
+    let last = info.state.last_sequence;
+    while next <= last {
+        let read = within_for(
+            Duration::from_secs(10),
+            "read NOTIFY",
+            stream.direct_get_next_for_subject("notify.*", Some(next)),
+        )
+        .await;
+        match read {
+            Ok(m) => {
+                next = m.sequence + 1;
+                let id = m
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                *ids.entry(id).or_default() += 1;
+            }
+            // A replica behind the leader's last sequence: ask again.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let duplicates: usize = ids.values().map(|n| n - 1).sum();
+    assert_eq!(duplicates, 0, "events stored more than once");
+    assert_eq!(
+        info.state.messages as usize,
+        sent.len(),
+        "NOTIFY holds exactly the acknowledged events"
+    );
+    duplicates
+}
+
+/// A round-robin TCP balancer over gateways (what HAProxy does in front of them):
+/// each new connection goes to the next backend; a backend taken out of the rotation
+/// keeps its open connections until it closes them.
+pub struct Balancer {
+    pub addr: SocketAddr,
+    backends: Arc<Mutex<Vec<SocketAddr>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Balancer {
+    pub async fn start(backends: Vec<SocketAddr>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let backends = Arc::new(Mutex::new(backends));
+        let b = backends.clone();
+        let accept = tokio::spawn(async move {
+            let next = AtomicU64::new(0);
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = {
+                    let list = b.lock().expect("lock");
+                    if list.is_empty() {
+                        continue;
+                    }
+                    list[next.fetch_add(1, Ordering::Relaxed) as usize % list.len()]
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            backends,
+            accept,
+        }
+    }
+
+    /// The backends new connections go to from now on.
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
+        *self.backends.lock().expect("lock") = backends;
+    }
+
+    /// `http://…/hubs/plantanalysis` through the balancer.
+    pub fn hub_url(&self) -> String {
+        format!("http://{}{}", self.addr, ziraai_gateway::signalr::HUB_PATH)
+    }
+
+    /// `ws://…/ws` through the balancer.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
