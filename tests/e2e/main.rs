@@ -18,6 +18,7 @@ mod permissions;
 mod polling;
 mod processes;
 mod protocol;
+mod replicas;
 mod scale_out;
 mod shutdown;
 mod signalr;

@@ -4,6 +4,7 @@
 
 mod browser;
 mod client;
+mod cluster;
 mod isolated;
 mod keys;
 mod load;
@@ -31,6 +32,7 @@ use ziraai_worker::{Published, Publisher};
 
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
+pub use cluster::NatsCluster;
 pub use keys::{TestKey, short_token, token_with, unix_now};
 pub use load::{
     Balancer, Device, DeviceResult, EventLoad, Sent, assert_every_device_has_everything,

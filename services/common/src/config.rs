@@ -49,6 +49,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to connect to NATS at start-up.
 pub const DEFAULT_NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Replicas of every stream and bucket unless configured (one server, development).
+pub const DEFAULT_NATS_REPLICAS: usize = 1;
+/// Most replicas JetStream allows for a stream.
+pub const MAX_NATS_REPLICAS: usize = 5;
 /// Shortest time between two cursor writes of one socket (acks in between coalesce).
 pub const DEFAULT_CURSOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// SignalR: a hub Ping is sent when nothing was sent for this long (.NET default).
@@ -141,6 +145,9 @@ pub struct NatsConfig {
     pub user: Option<String>,
     pub password: Option<SecretString>,
     pub connect_timeout: Duration,
+    /// Replicas of every stream and bucket start-up applies (`ZIRAAI_NATS_REPLICAS`,
+    /// `[nats] replicas`; 1..=5). Start-up refuses a cluster with fewer JetStream servers.
+    pub replicas: usize,
 }
 
 impl NatsConfig {

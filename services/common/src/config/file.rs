@@ -27,6 +27,8 @@ pub(super) struct NatsFile {
     pub(super) creds_file: Option<String>,
     pub(super) user: Option<String>,
     pub(super) connect_timeout: Option<String>,
+    /// Validated with the variable (1..=5), so 0 or 7 here get the same message.
+    pub(super) replicas: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,6 +22,7 @@ const SHARED_VARS: &[&str] = &[
     "ZIRAAI_NATS_PASSWORD",
     "ZIRAAI_NATS_PASSWORD_FILE",
     "ZIRAAI_NATS_CONNECT_TIMEOUT",
+    "ZIRAAI_NATS_REPLICAS",
     "ZIRAAI_LOG_FORMAT",
     "ZIRAAI_METRICS_ALLOW",
 ];
@@ -163,6 +164,12 @@ fn nats(l: &mut Loader<'_>, file: NatsFile, env: Environment) -> NatsConfig {
             DEFAULT_NATS_CONNECT_TIMEOUT,
             parse_nonzero_duration,
         ),
+        replicas: l.pick(
+            "ZIRAAI_NATS_REPLICAS",
+            file.replicas.map(|n| n.to_string()),
+            DEFAULT_NATS_REPLICAS,
+            parse_replicas,
+        ),
     };
     if env == Environment::Production && !nats.has_auth() {
         l.errors.push(
@@ -171,6 +178,16 @@ fn nats(l: &mut Loader<'_>, file: NatsFile, env: Environment) -> NatsConfig {
         );
     }
     nats
+}
+
+/// Replicas of a stream: 1 to [`MAX_NATS_REPLICAS`] (JetStream's own bounds).
+fn parse_replicas(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_NATS_REPLICAS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{raw:?} is not a number of replicas from 1 to {MAX_NATS_REPLICAS} (1 for a single server, 3 for a 3-node cluster)"
+        )),
+    }
 }
 
 fn log_format(l: &mut Loader<'_>, file: LogFile, env: Environment) -> LogFormat {
@@ -214,3 +231,7 @@ mod tests;
 #[cfg(test)]
 #[path = "validate_bounds_tests.rs"]
 mod bounds_tests;
+
+#[cfg(test)]
+#[path = "validate_replicas_tests.rs"]
+mod replicas_tests;

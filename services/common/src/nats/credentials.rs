@@ -156,6 +156,7 @@ mod tests {
             user: None,
             password: None,
             connect_timeout: std::time::Duration::from_secs(1),
+            replicas: 1,
         };
         let t = Target::new(&cfg);
         assert_eq!(t.urls, ["nats://a:4222", "nats://b:4222", "nats://c:4222"]);
