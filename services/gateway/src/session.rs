@@ -195,6 +195,11 @@ pub trait Dialect: Send {
     /// An event with this sequence was just written (dialects that number messages).
     fn sent_event(&mut self, _seq: u64) {}
     fn keepalive(&self) -> Keepalive;
+    /// The server is about to end the session (before [`Self::farewell`] is written):
+    /// a dialect whose connections can be resumed makes this one unresumable first.
+    fn ending(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// The messages ending the session for `reason`, the WebSocket close frame last.
     fn farewell(&self, reason: &CloseReason) -> Vec<Message>;
     /// Whether written events count as acknowledged once the client is heard from
@@ -246,6 +251,7 @@ where
     match stop {
         Stop::Gone => None,
         Stop::Close(reason) => {
+            Box::pin(conn.dialect_mut().ending()).await;
             let farewell = conn.dialect().farewell(&reason);
             close(conn.socket(), farewell, write_timeout).await;
             Some(reason)

@@ -118,6 +118,10 @@ where
         &self.d
     }
 
+    pub(super) fn dialect_mut(&mut self) -> &mut D {
+        &mut self.d
+    }
+
     pub(super) async fn serve(&mut self) -> Stop {
         match self.serve_inner().await {
             Ok(()) => Stop::Gone,
