@@ -5,6 +5,7 @@ mod auth;
 mod banner;
 mod bounds;
 mod client_numbers;
+mod cluster_faults;
 mod conn_limit;
 mod delivery;
 mod demo_page;

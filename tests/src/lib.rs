@@ -36,7 +36,7 @@ pub use cluster::NatsCluster;
 pub use keys::{TestKey, short_token, token_with, unix_now};
 pub use load::{
     Balancer, Device, DeviceResult, EventLoad, Sent, assert_every_device_has_everything,
-    assert_stream_holds_each_once, first_delivery_after, wait_connected,
+    assert_stream_holds_each_once, first_delivery_after, stream_msg_ids, wait_connected,
 };
 pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use otlp::metrics::ReceivedPoint;

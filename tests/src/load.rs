@@ -116,11 +116,15 @@ impl EventLoad {
     /// Waits until `n` more publishes were acknowledged than now (bounded by `limit`).
     pub async fn wait_acked(&self, more: usize, limit: Duration) {
         let target = self.acked() + more;
-        within_for(limit, &format!("{more} more acknowledged publishes"), async {
-            while self.acked() < target {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
+        within_for(
+            limit,
+            &format!("{more} more acknowledged publishes"),
+            async {
+                while self.acked() < target {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        )
         .await;
     }
 
@@ -156,6 +160,8 @@ enum Got {
 #[derive(Default)]
 struct Inbox {
     got: Mutex<Vec<(Got, Instant)>>,
+    /// Connection events with the number of events received by then.
+    marks: Mutex<Vec<(String, usize)>>,
     connected: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -305,7 +311,8 @@ async fn native_loop(
                             .lock()
                             .expect("lock")
                             .push((Got::Seq(e.seq), Instant::now()));
-                        let ack = Message::Text(format!(r#"{{"type":"ack","seq":{}}}"#, e.seq).into());
+                        let ack =
+                            Message::Text(format!(r#"{{"type":"ack","seq":{}}}"#, e.seq).into());
                         if ws.send(ack).await.is_err() {
                             break;
                         }
@@ -334,6 +341,10 @@ async fn signalr_loop(opts: JsOptions, inbox: Arc<Inbox>, stop: CancellationToke
                 v = client.next_unbounded() => v,
             };
             let Some(v) = v else { break };
+            if v["event"] != "invocation" {
+                let n = inbox.got.lock().expect("lock").len();
+                inbox.marks.lock().expect("lock").push((v.to_string(), n));
+            }
             match v["event"].as_str() {
                 Some("connected") => {
                     inbox.connected.fetch_add(1, Ordering::SeqCst);
@@ -372,6 +383,8 @@ pub struct DeviceResult {
     pub missing: Vec<u64>,
     /// Events received after a later one (dropping repeats cannot fix that).
     pub out_of_order: usize,
+    /// What it received around the first event out of order (for the failure message).
+    pub trail: String,
 }
 
 /// Each device's events after dropping repeats (anything at or below the highest
@@ -399,11 +412,25 @@ fn judge(device: &Device, expected: &[u64], seq_of: &HashMap<String, u64>) -> De
         .iter()
         .filter(|s| device.received(seq_of).iter().any(|(r, _)| r == *s))
         .count();
+    let mut trail = String::new();
+    if out_of_order > 0 {
+        let got: Vec<u64> = device.received(seq_of).iter().map(|(s, _)| *s).collect();
+        let first = missing[0];
+        let at = got.iter().position(|s| *s == first).unwrap_or(0);
+        let from = at.saturating_sub(30);
+        trail = format!(
+            "received[{from}..]: {:?} (reconnects {}, marks {:?})",
+            &got[from..(at + 5).min(got.len())],
+            device.reconnects(),
+            device.inbox.marks.lock().expect("lock")
+        );
+    }
     DeviceResult {
         name: device.name.clone(),
         repeats,
         missing,
         out_of_order,
+        trail,
     }
 }
 
@@ -444,11 +471,12 @@ pub async fn assert_every_device_has_everything(
                 .filter(|r| !r.missing.is_empty())
                 .map(|r| {
                     format!(
-                        "{}: {} missing (first {:?}), {} out of order",
+                        "{}: {} missing (first {:?}), {} out of order {}",
                         r.name,
                         r.missing.len(),
                         &r.missing[..r.missing.len().min(5)],
-                        r.out_of_order
+                        r.out_of_order,
+                        r.trail
                     )
                 })
                 .collect();
@@ -478,52 +506,59 @@ pub fn first_delivery_after(
         .min()
 }
 
+/// How many times each `Nats-Msg-Id` is stored in `stream`, read to the last
+/// sequence its leader reports, and the stream's message count.
+pub async fn stream_msg_ids(
+    client: async_nats::Client,
+    stream: &str,
+) -> (HashMap<String, usize>, u64) {
+    let js = async_nats::jetstream::new(client);
+    let mut stream = within_for(Duration::from_secs(10), "stream", js.get_stream(stream))
+        .await
+        .expect("stream exists");
+    let info = within_for(Duration::from_secs(10), "stream info", stream.info())
+        .await
+        .expect("info")
+        .clone();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut next = info.state.first_sequence.max(1);
+    let last = info.state.last_sequence;
+    within_for(Duration::from_secs(30), "reading the stream", async {
+        while next <= last {
+            match stream.direct_get_next_for_subject(">", Some(next)).await {
+                Ok(m) => {
+                    next = m.sequence + 1;
+                    let id = m
+                        .headers
+                        .get("Nats-Msg-Id")
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default();
+                    *ids.entry(id).or_default() += 1;
+                }
+                // A replica behind the leader's last sequence: ask again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    (ids, info.state.messages)
+}
+
 /// The `NOTIFY` stream holds exactly the events acknowledged, each once: its message
 /// count (from the leader) equals the acknowledged publishes, and every `Nats-Msg-Id`
 /// in it is distinct. Returns the number of duplicates found (asserted 0).
 pub async fn assert_stream_holds_each_once(client: async_nats::Client, sent: &[Sent]) -> usize {
-    let js = async_nats::jetstream::new(client);
-    let mut stream = within_for(
-        Duration::from_secs(10),
-        "NOTIFY info",
-        js.get_stream("NOTIFY"),
-    )
-    .await
-    .expect("NOTIFY exists");
-    let info = within_for(Duration::from_secs(10), "NOTIFY info", stream.info())
-        .await
-        .expect("info")
-        .clone();
     let distinct_seqs: std::collections::HashSet<u64> = sent.iter().map(|s| s.seq).collect();
-    assert_eq!(distinct_seqs.len(), sent.len(), "two publishes acked one sequence");
-    let mut ids: HashMap<String, usize> = HashMap::new();
-    let mut next = 1;
-    let last = info.state.last_sequence;
-    while next <= last {
-        let read = within_for(
-            Duration::from_secs(10),
-            "read NOTIFY",
-            stream.direct_get_next_for_subject("notify.*", Some(next)),
-        )
-        .await;
-        match read {
-            Ok(m) => {
-                next = m.sequence + 1;
-                let id = m
-                    .headers
-                    .get("Nats-Msg-Id")
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
-                *ids.entry(id).or_default() += 1;
-            }
-            // A replica behind the leader's last sequence: ask again.
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    assert_eq!(
+        distinct_seqs.len(),
+        sent.len(),
+        "two publishes acked one sequence"
+    );
+    let (ids, messages) = stream_msg_ids(client, "NOTIFY").await;
     let duplicates: usize = ids.values().map(|n| n - 1).sum();
     assert_eq!(duplicates, 0, "events stored more than once");
     assert_eq!(
-        info.state.messages as usize,
+        messages as usize,
         sent.len(),
         "NOTIFY holds exactly the acknowledged events"
     );
