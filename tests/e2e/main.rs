@@ -19,6 +19,7 @@ mod permissions;
 mod polling;
 mod processes;
 mod protocol;
+mod read_consistency;
 mod replicas;
 mod scale_out;
 mod shutdown;
