@@ -142,8 +142,11 @@ pub trait Backend: Send + Sync {
     fn next_after(&self, after: u64) -> impl Future<Output = Result<Option<Event>, String>> + Send;
     /// Whether the socket has a device cursor to save.
     fn has_cursor(&self) -> bool;
-    /// Saves the device cursor (errors are logged by the implementation).
-    fn save_cursor(&self, seq: u64) -> impl Future<Output = ()> + Send;
+    /// Saves the device cursor; false when it could not (logged by the
+    /// implementation): the session keeps it to write again (a leader election of the
+    /// bucket's stream fails writes for seconds; a dropped write would leave the device
+    /// resuming from an older cursor).
+    fn save_cursor(&self, seq: u64) -> impl Future<Output = bool> + Send;
     /// Records a tracking event without waiting.
     fn track(&self, kind: TrackKind, seq: u64);
     /// The device id (or `conn-<connectionId>`) in `notify.ack` spans.
