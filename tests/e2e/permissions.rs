@@ -98,7 +98,7 @@ async fn provisioned() -> NatsServer {
     let js = jetstream::new(nats.client_as("operator").await);
     within(
         "operator provisions",
-        ziraai_common::nats::provision(&js, None),
+        ziraai_common::nats::provision(&js, None, 1, false),
     )
     .await
     .expect("the operator may apply every definition");

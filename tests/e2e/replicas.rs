@@ -2,10 +2,10 @@
 //! number of replicas.
 
 use async_nats::jetstream::{self, stream};
-use ziraai_e2e::{NatsCluster, within};
+use ziraai_e2e::{NatsCluster, ServiceProcess, within};
 
 /// Stream info of `name` (through any node).
-async fn stream_info(js: &jetstream::Context, name: &str) -> stream::Info {
+pub(crate) async fn stream_info(js: &jetstream::Context, name: &str) -> stream::Info {
     let mut s = within("get stream", js.get_stream(name))
         .await
         .unwrap_or_else(|e| panic!("stream {name}: {e}"));
@@ -66,4 +66,56 @@ async fn the_cluster_harness_enforces_the_shipped_authorization() {
     let platform = cluster.client_as("platform").await;
     let denied = jetstream::new(platform).get_stream("AUTHR3").await;
     assert!(denied.is_err(), "platform may not read stream info");
+}
+
+/// Every stream and bucket stream start-up applies (`nats/streams/`).
+pub(crate) const STREAMS: [&str; 7] = [
+    "NOTIFY",
+    "KV_CURSORS",
+    "KV_SIGNALR",
+    "KV_CONNS",
+    "DELIVERY",
+    "JOBS",
+    "ADVISORIES",
+];
+
+/// Asserts `name` has `n` replicas: in its configuration, and a leader with `n - 1`
+/// followers in its cluster group.
+pub(crate) async fn assert_replicas(js: &jetstream::Context, name: &str, n: usize) {
+    let info = stream_info(js, name).await;
+    assert_eq!(info.config.num_replicas, n, "{name}: configured replicas");
+    let c = info.cluster.unwrap_or_else(|| panic!("{name}: cluster info"));
+    assert!(c.leader.is_some(), "{name}: has a leader");
+    assert_eq!(c.replicas.len(), n - 1, "{name}: followers {:?}", c.replicas);
+}
+
+#[tokio::test]
+async fn a_gateway_and_a_worker_asking_for_three_replicas_create_everything_with_three() {
+    let cluster = NatsCluster::start(3).await;
+    let r3 = [("ZIRAAI_NATS_REPLICAS", "3")];
+    // Both at once, as a deploy does: each creates what is missing.
+    let (_gateway, _worker) = tokio::join!(
+        ServiceProcess::gateway(&cluster, &r3),
+        ServiceProcess::worker(&cluster, "http://127.0.0.1:9/analyze", &r3),
+    );
+    let js = jetstream::new(cluster.client().await);
+    for name in STREAMS {
+        assert_replicas(&js, name, 3).await;
+    }
+    // The worker's consumer has its stream's replicas (unset: it follows JOBS).
+    let mut consumer: jetstream::consumer::PullConsumer = within(
+        "the worker's consumer",
+        within("JOBS", js.get_stream("JOBS"))
+            .await
+            .expect("JOBS")
+            .get_consumer("analysis-worker"),
+    )
+    .await
+    .expect("consumer");
+    let info = within("consumer info", consumer.info())
+        .await
+        .expect("info");
+    assert_eq!(info.config.num_replicas, 0, "replicas follow the stream");
+    let c = info.cluster.as_ref().expect("clustered consumer");
+    assert_eq!(c.replicas.len(), 2, "{c:?}");
 }

@@ -79,6 +79,24 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     .await;
 }
 
+/// What services connect to: one server or a whole cluster (`ZIRAAI_NATS_URL`).
+pub trait NatsUrls {
+    /// The value of `ZIRAAI_NATS_URL` (comma-separated for a cluster).
+    fn nats_url(&self) -> String;
+}
+
+impl NatsUrls for NatsServer {
+    fn nats_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl NatsUrls for NatsCluster {
+    fn nats_url(&self) -> String {
+        self.urls()
+    }
+}
+
 /// A random valid user id, so tests never share subjects by accident.
 pub fn user(prefix: &str) -> UserId {
     UserId::parse(&format!("{prefix}-{}", nuid::next())).expect("generated ids are valid")
@@ -94,15 +112,15 @@ pub fn token(user: &UserId) -> String {
 }
 
 /// Configuration of a test gateway on `nats`, with `extra` variables applied.
-pub fn gateway_config(nats: &NatsServer, extra: &[(&str, &str)]) -> GatewayServiceConfig {
+pub fn gateway_config(nats: &impl NatsUrls, extra: &[(&str, &str)]) -> GatewayServiceConfig {
     GatewayServiceConfig::load(&gateway_vars(nats, extra)).expect("test configuration is valid")
 }
 
 /// The variables of a test gateway on `nats` (in-process or as a process).
-pub fn gateway_vars(nats: &NatsServer, extra: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn gateway_vars(nats: &impl NatsUrls, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("ZIRAAI_CONFIG_DIR".into(), String::new()),
-        ("ZIRAAI_NATS_URL".into(), nats.url()),
+        ("ZIRAAI_NATS_URL".into(), nats.nats_url()),
         ("ZIRAAI_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
         ("ZIRAAI_GATEWAY_SHUTDOWN_GRACE".into(), "5s".into()),
         // Every test client comes from 127.0.0.1; the limit has its own test.
@@ -126,7 +144,7 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts a gateway on `nats` with default test settings.
-    pub async fn start(nats: &NatsServer) -> Self {
+    pub async fn start(nats: &impl NatsUrls) -> Self {
         Self::start_with(gateway_config(nats, &[])).await
     }
 

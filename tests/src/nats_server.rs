@@ -184,7 +184,7 @@ impl NatsServer {
         let js = async_nats::jetstream::new(self.client().await);
         crate::within(
             "apply streams",
-            ziraai_common::nats::apply_notify_streams(&js),
+            ziraai_common::nats::apply_notify_streams(&js, 1),
         )
         .await
         .expect("streams applied");

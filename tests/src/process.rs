@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::{NatsServer, STEP, within};
+use crate::{NatsUrls, STEP, within};
 
 /// Where the tests look for the shipped binaries: `ZIRAAI_TEST_BIN_DIR`, else
 /// `$CARGO_TARGET_DIR/debug`, else `<workspace>/target/debug`. Panics with the command
@@ -169,13 +169,13 @@ impl ServiceProcess {
 
     /// `ziraai-gateway` on `nats` (test settings of [`crate::gateway_vars`] plus
     /// `extra`, JSON logs), started and ready.
-    pub async fn gateway(nats: &NatsServer, extra: &[(&str, &str)]) -> Self {
+    pub async fn gateway(nats: &impl NatsUrls, extra: &[(&str, &str)]) -> Self {
         Self::gateway_limited(nats, None, extra).await
     }
 
     /// [`Self::gateway`] with an open-file limit of `open_files` descriptors.
     pub async fn gateway_limited(
-        nats: &NatsServer,
+        nats: &impl NatsUrls,
         open_files: Option<u64>,
         extra: &[(&str, &str)],
     ) -> Self {
@@ -198,7 +198,7 @@ impl ServiceProcess {
 
     /// `ziraai-worker run` on `nats` against `analyzer_url` (test settings of
     /// [`crate::worker_vars`] plus `extra`, JSON logs), started and ready.
-    pub async fn worker(nats: &NatsServer, analyzer_url: &str, extra: &[(&str, &str)]) -> Self {
+    pub async fn worker(nats: &impl NatsUrls, analyzer_url: &str, extra: &[(&str, &str)]) -> Self {
         Self::worker_with_vars(crate::worker_vars(nats, analyzer_url, extra)).await
     }
 

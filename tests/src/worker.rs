@@ -154,7 +154,7 @@ impl TestAnalyzer {
 
 /// A worker configuration for tests: fast retries, quick breaker, short grace.
 pub fn worker_config(
-    nats: &NatsServer,
+    nats: &impl crate::NatsUrls,
     analyzer: &TestAnalyzer,
     extra: &[(&str, &str)],
 ) -> WorkerServiceConfig {
@@ -165,13 +165,13 @@ pub fn worker_config(
 /// The variables of a test worker (in-process or as a process) on `nats`, calling the
 /// analyzer at `analyzer_url`.
 pub fn worker_vars(
-    nats: &NatsServer,
+    nats: &impl crate::NatsUrls,
     analyzer_url: &str,
     extra: &[(&str, &str)],
 ) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("ZIRAAI_CONFIG_DIR".into(), String::new()),
-        ("ZIRAAI_NATS_URL".into(), nats.url()),
+        ("ZIRAAI_NATS_URL".into(), nats.nats_url()),
         ("ZIRAAI_WORKER_LISTEN".into(), "127.0.0.1:0".into()),
         ("ZIRAAI_ANALYZER_URL".into(), analyzer_url.to_owned()),
         ("ZIRAAI_ANALYZER_TIMEOUT".into(), "5s".into()),

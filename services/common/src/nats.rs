@@ -8,8 +8,16 @@
 //! a definition is only sent to the server when it differs from what the server has
 //! ([`ensure`]), so services run with credentials that may not manage streams.
 
+mod apply;
 mod credentials;
 mod ensure;
+mod replicas;
+
+pub use apply::{
+    Applied, apply_job_streams, apply_notify_streams, apply_producer_streams, apply_stream,
+    provision,
+};
+pub use replicas::LOWER_REPLICAS_COMMAND;
 
 use std::time::Duration;
 
@@ -93,6 +101,40 @@ pub enum NatsSetupError {
         name: String,
         source: jetstream::context::CreateStreamError,
     },
+    #[error(
+        "NATS at {urls} has {servers} JetStream server(s); ZIRAAI_NATS_REPLICAS={replicas} needs at least {replicas} (set ZIRAAI_NATS_REPLICAS=1 for a single server)"
+    )]
+    TooFewServers {
+        urls: String,
+        servers: usize,
+        replicas: usize,
+    },
+    #[error(
+        "NATS cluster {cluster} cannot place stream {stream} on {replicas} JetStream servers ({reason}); ZIRAAI_NATS_REPLICAS={replicas} needs at least {replicas} JetStream servers in the cluster"
+    )]
+    NoPlacement {
+        cluster: String,
+        stream: String,
+        replicas: usize,
+        reason: String,
+    },
+    #[error(
+        "stream {stream} has {have} replica(s) on the server and ZIRAAI_NATS_REPLICAS={wanted}; raising it failed: {source} (raise it with `ziraai-worker provision` and the operator credential)"
+    )]
+    TooFewReplicas {
+        stream: String,
+        have: usize,
+        wanted: usize,
+        source: jetstream::context::CreateStreamError,
+    },
+}
+
+impl NatsSetupError {
+    /// A deployment that does not fit the configuration (too few JetStream servers for
+    /// the replicas): `main` exits with 2, as for a configuration error.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::TooFewServers { .. } | Self::NoPlacement { .. })
+    }
 }
 
 /// Connects with the configured credentials and checks the server version.
@@ -168,6 +210,7 @@ pub async fn connect_observed(
             source,
         })?;
     check_version(&client, &urls)?;
+    replicas::check_servers(&client, cfg.replicas, &urls)?;
     Ok((client, reconnects))
 }
 
@@ -206,83 +249,6 @@ pub fn notify_stream_config() -> Result<stream::Config, NatsSetupError> {
 
 fn definition(name: &'static str, json: &str) -> Result<stream::Config, NatsSetupError> {
     serde_json::from_str(json).map_err(|source| NatsSetupError::BadDefinition { name, source })
-}
-
-/// Creates the stream, or updates it when the definition changed. Idempotent, and
-/// only a `STREAM.INFO` request when the server already has this definition.
-pub async fn apply_stream(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<(), NatsSetupError> {
-    let name = config.name.clone();
-    if let Ok(current) = js.get_stream(&name).await
-        && ensure::matches(&config, &current.cached_info().config)
-    {
-        return Ok(());
-    }
-    js.create_or_update_stream(config)
-        .await
-        .map(|_| ())
-        .map_err(|source| NatsSetupError::Stream { name, source })
-}
-
-/// Applies the job queue (`JOBS` and its consumer, with `ack_wait` overridden if given)
-/// and `ADVISORIES`; returns the worker's consumer.
-pub async fn apply_job_streams(
-    js: &jetstream::Context,
-    ack_wait: Option<Duration>,
-) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, NatsSetupError> {
-    apply_stream(js, definition("ADVISORIES", ADVISORIES_STREAM_JSON)?).await?;
-    apply_stream(js, definition(JOBS_STREAM, JOBS_STREAM_JSON)?).await?;
-    let mut config: jetstream::consumer::pull::Config = serde_json::from_str(JOBS_CONSUMER_JSON)
-        .map_err(|source| NatsSetupError::BadDefinition {
-            name: "JOBS-analysis-worker",
-            source,
-        })?;
-    if let Some(wait) = ack_wait {
-        config.ack_wait = wait;
-    }
-    let stream = js
-        .get_stream(JOBS_STREAM)
-        .await
-        .map_err(|e| NatsSetupError::Consumer(e.to_string()))?;
-    if let Some(name) = config.durable_name.as_deref() {
-        let current = stream.get_consumer::<jetstream::consumer::pull::Config>(name);
-        if let Ok(current) = current.await
-            && ensure::matches(&config, &current.cached_info().config)
-        {
-            return Ok(current);
-        }
-    }
-    stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| NatsSetupError::Consumer(e.to_string()))
-}
-
-/// Applies what a producer (`ziraai-worker run`, `publish`) writes to: `NOTIFY`.
-pub async fn apply_producer_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
-    apply_stream(js, notify_stream_config()?).await
-}
-
-/// Applies every definition under `nats/` (the operator's provisioning step): the
-/// gateway's streams and buckets, `JOBS` with the worker's consumer, `ADVISORIES`.
-pub async fn provision(
-    js: &jetstream::Context,
-    ack_wait: Option<Duration>,
-) -> Result<(), NatsSetupError> {
-    apply_notify_streams(js).await?;
-    apply_job_streams(js, ack_wait).await.map(|_| ())
-}
-
-/// Applies every stream the notification path needs: `NOTIFY`, the streams of the
-/// `CURSORS`, `SIGNALR` and `CONNS` buckets, and `DELIVERY`.
-pub async fn apply_notify_streams(js: &jetstream::Context) -> Result<(), NatsSetupError> {
-    apply_stream(js, notify_stream_config()?).await?;
-    apply_stream(js, definition("KV_CURSORS", CURSORS_STREAM_JSON)?).await?;
-    apply_stream(js, definition("KV_SIGNALR", SIGNALR_STREAM_JSON)?).await?;
-    apply_stream(js, definition("KV_CONNS", CONNS_STREAM_JSON)?).await?;
-    apply_stream(js, definition(DELIVERY_STREAM, DELIVERY_STREAM_JSON)?).await
 }
 
 #[cfg(test)]

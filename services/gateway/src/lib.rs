@@ -120,7 +120,7 @@ impl App {
         let (client, resync) =
             nats::connect_observed(&config.nats, &format!("ziraai-gateway {gateway_id}")).await?;
         let js = jetstream::new(client.clone());
-        nats::apply_notify_streams(&js).await?;
+        nats::apply_notify_streams(&js, config.nats.replicas).await?;
         let store = EventStore::new(&js).await?;
         let cursors = Cursors::new(&js).await?;
         let resumes = signalr::Resumes::new(&js)

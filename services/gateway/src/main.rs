@@ -81,6 +81,14 @@ async fn main() -> std::process::ExitCode {
             eprintln!("ziraai-gateway: {e}");
             std::process::ExitCode::from(2)
         }
+        // Too few JetStream servers for the replicas: one line, exit 2.
+        Err(e)
+            if e.downcast_ref::<ziraai_common::nats::NatsSetupError>()
+                .is_some_and(ziraai_common::nats::NatsSetupError::is_refusal) =>
+        {
+            eprintln!("ziraai-gateway: {e}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("ziraai-gateway: {e:#}");
             std::process::ExitCode::FAILURE

@@ -60,8 +60,9 @@ impl WorkerApp {
     pub async fn build(config: WorkerServiceConfig) -> anyhow::Result<Self> {
         let client = nats::connect(&config.nats, "ziraai-worker").await?;
         let js = jetstream::new(client.clone());
-        nats::apply_producer_streams(&js).await?;
-        let consumer = nats::apply_job_streams(&js, config.worker.ack_wait).await?;
+        let replicas = config.nats.replicas;
+        nats::apply_producer_streams(&js, replicas).await?;
+        let consumer = nats::apply_job_streams(&js, config.worker.ack_wait, replicas).await?;
         let ack_wait = consumer.cached_info().config.ack_wait;
         let listener = TcpListener::bind(config.worker.listen)
             .await

@@ -64,9 +64,16 @@ enum Command {
     },
     /// Serve a stand-in analyzer with sample results (development only).
     DevAnalyzer,
-    /// Create or update every stream and consumer defined under `nats/` (run with the
-    /// operator credential: services may only read their definitions).
-    Provision,
+    /// Create or update every stream and consumer defined under `nats/` with the
+    /// configured replicas (run with the operator credential: services may only read
+    /// their definitions). A stream with more replicas keeps them unless
+    /// --lower-replicas is given.
+    Provision {
+        /// Lower streams that have more replicas than ZIRAAI_NATS_REPLICAS (printing
+        /// each one lowered).
+        #[arg(long)]
+        lower_replicas: bool,
+    },
 }
 
 #[tokio::main]
@@ -90,7 +97,7 @@ async fn main() -> std::process::ExitCode {
             Some(traces)
         }
         // One-shot tools: stdout is the result, logs only when something is wrong.
-        Command::Publish { .. } | Command::Submit { .. } | Command::Provision => {
+        Command::Publish { .. } | Command::Submit { .. } | Command::Provision { .. } => {
             telemetry::init_cli(config.log_format);
             None
         }
@@ -104,6 +111,15 @@ async fn main() -> std::process::ExitCode {
     }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Too few JetStream servers for the replicas: the deployment does not fit the
+        // configuration, one line and exit 2 like a configuration error.
+        Err(e)
+            if e.downcast_ref::<nats::NatsSetupError>()
+                .is_some_and(nats::NatsSetupError::is_refusal) =>
+        {
+            eprintln!("ziraai-worker: {e}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("ziraai-worker: {e:#}");
             std::process::ExitCode::FAILURE
@@ -178,8 +194,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     };
     let client = nats::connect(&config.nats, "ziraai-worker").await?;
     let js = jetstream::new(client.clone());
-    if let Command::Provision = &command {
-        nats::provision(&js, config.worker.ack_wait).await?;
+    let replicas = config.nats.replicas;
+    if let Command::Provision { lower_replicas } = &command {
+        let applied =
+            nats::provision(&js, config.worker.ack_wait, replicas, *lower_replicas).await?;
+        for (stream, applied) in &applied {
+            if let nats::Applied::Lowered { from } = applied {
+                println!("lowered {stream} from {from} to {replicas} replica(s)");
+            }
+        }
         println!("streams and consumers applied");
         client.flush().await.context("flushing NATS")?;
         return Ok(());
@@ -187,7 +210,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     // Job submitters (the platform credential) may publish jobs and nothing else: they
     // neither read nor apply definitions; the worker or `provision` applies JOBS.
     if !matches!(command, Command::Submit { .. } | Command::Demo) {
-        nats::apply_producer_streams(&js).await?;
+        nats::apply_producer_streams(&js, replicas).await?;
     }
     if let Command::Submit {
         user,

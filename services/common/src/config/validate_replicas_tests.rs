@@ -56,8 +56,8 @@ fn the_shipped_files_replicate_staging_and_production_only() {
 #[test]
 fn replicas_outside_one_to_five_are_one_line_each() {
     for bad in ["0", "6", "three", "-1", "3.0"] {
-        let e = shipped_replicas("development", &[("ZIRAAI_NATS_REPLICAS", bad)])
-            .expect_err("refused");
+        let e =
+            shipped_replicas("development", &[("ZIRAAI_NATS_REPLICAS", bad)]).expect_err("refused");
         assert_eq!(e.len(), 1, "{bad}: {e:?}");
         assert_eq!(
             e[0],
