@@ -45,7 +45,14 @@ async fn provision(cluster: &NatsCluster) {
     let status = p.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "provision failed: {}", p.stderr());
     let js = async_nats::jetstream::new(cluster.client().await);
-    for name in ["NOTIFY", "KV_CURSORS", "KV_SIGNALR", "KV_CONNS", "DELIVERY", "JOBS"] {
+    for name in [
+        "NOTIFY",
+        "KV_CURSORS",
+        "KV_SIGNALR",
+        "KV_CONNS",
+        "DELIVERY",
+        "JOBS",
+    ] {
         let mut s = within("stream", js.get_stream(name)).await.expect(name);
         let info = within("stream info", s.info()).await.expect("info");
         assert_eq!(info.config.num_replicas, 3, "{name} replicated");
