@@ -14,7 +14,7 @@ async fn a_rolling_gateway_deploy_under_load_loses_nothing() {
     let started = Instant::now();
     let cluster = NatsCluster::start_with_auth(3).await;
     provision(&cluster).await;
-    let mut old = vec![gateway(&cluster, 0).await, gateway(&cluster, 1).await];
+    let mut old = [gateway(&cluster, 0).await, gateway(&cluster, 1).await];
     let lb = Balancer::start(old.iter().map(ServiceProcess::addr).collect()).await;
     let users: Vec<_> = (0..USERS).map(|_| user("deploy")).collect();
     let devices = devices(&users, &[lb.ws_url()], &[lb.hub_url()]);
