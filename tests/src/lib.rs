@@ -5,6 +5,7 @@
 mod browser;
 mod client;
 mod cluster;
+mod devices;
 mod isolated;
 mod keys;
 mod load;
@@ -33,10 +34,11 @@ use ziraai_worker::{Published, Publisher};
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use cluster::NatsCluster;
+pub use devices::{Balancer, Device, wait_connected};
 pub use keys::{TestKey, short_token, token_with, unix_now};
 pub use load::{
-    Balancer, Device, DeviceResult, EventLoad, Sent, assert_every_device_has_everything,
-    assert_stream_holds_each_once, first_delivery_after, stream_msg_ids, wait_connected,
+    DeviceResult, EventLoad, Sent, assert_every_device_has_everything,
+    assert_stream_holds_each_once, first_delivery_after, stream_msg_ids,
 };
 pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use otlp::metrics::ReceivedPoint;
