@@ -249,22 +249,21 @@ pub async fn assert_every_device_has_everything(
     }
 }
 
-/// When the first event stored after `at` (a sequence above `last_before`) reached any
-/// device: how long after `at`.
-pub fn first_delivery_after(
-    devices: &[Device],
-    sent: &[Sent],
-    last_before: u64,
-    at: Instant,
-) -> Option<Duration> {
+/// When the first event published after `at` reached any device: how long after `at`.
+pub fn first_delivery_after(devices: &[Device], sent: &[Sent], at: Instant) -> Option<Duration> {
     let seq_of: HashMap<String, u64> = sent
         .iter()
         .map(|s| (s.analysis_id.clone(), s.seq))
         .collect();
+    let after: std::collections::HashSet<u64> = sent
+        .iter()
+        .filter(|s| s.sent_at > at)
+        .map(|s| s.seq)
+        .collect();
     devices
         .iter()
         .flat_map(|d| d.received(&seq_of))
-        .filter(|(seq, when)| *seq > last_before && *when > at)
+        .filter(|(seq, _)| after.contains(seq))
         .map(|(_, when)| when - at)
         .min()
 }

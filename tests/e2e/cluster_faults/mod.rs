@@ -134,16 +134,3 @@ async fn move_leader(cluster: &NatsCluster, stream: &str, to: usize) {
     })
     .await;
 }
-
-/// The stream's last sequence (from its leader).
-async fn last_seq(cluster: &NatsCluster, stream: &str) -> u64 {
-    let js = async_nats::jetstream::new(cluster.client().await);
-    let mut s = within("stream", js.get_stream(stream))
-        .await
-        .expect("stream");
-    within("info", s.info())
-        .await
-        .expect("info")
-        .state
-        .last_sequence
-}
