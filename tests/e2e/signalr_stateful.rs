@@ -176,3 +176,41 @@ async fn a_connection_that_answered_an_invocation_loses_nothing_when_its_socket_
         "nothing repeated"
     );
 }
+
+#[tokio::test]
+async fn a_connection_the_server_closed_cannot_be_resumed() {
+    // A gateway restart sends a hub Close: that connection is over (the client
+    // reconnects in full with its device id). The official client 8.0.x also tries to
+    // resume the closed transport with the old token; a gateway that accepted it would
+    // feed the client from two connections at once (seen as events out of order).
+    let nats = NatsServer::start().await;
+    let (gw_a, gw_b) = (
+        TestGateway::start(&nats).await,
+        TestGateway::start(&nats).await,
+    );
+    let bearer = token(&user("closed"));
+    let (_, body) = http_request(
+        gw_a.addr,
+        "POST",
+        "/hubs/plantanalysis/negotiate?negotiateVersion=1&useStatefulReconnect=true",
+        Some(&bearer),
+        None,
+    )
+    .await;
+    let negotiated: Value = serde_json::from_str(&body).expect("negotiate JSON");
+    let conn_token = negotiated["connectionToken"].as_str().expect("token");
+    let url = |addr| format!("ws://{addr}/hubs/plantanalysis?id={conn_token}");
+    let mut c = WsClient::connect(&url(gw_a.addr), Some(&bearer), None)
+        .await
+        .expect("upgrade accepted");
+    c.send_text("{\"protocol\":\"json\",\"version\":2}\u{1e}")
+        .await;
+    assert_eq!(c.text().await, "{}\u{1e}", "handshake accepted");
+    let (stopped, _) = tokio::join!(gw_a.shutdown(), c.drain_events());
+    stopped.expect("clean stop");
+    let refused = WsClient::connect(&url(gw_b.addr), Some(&bearer), None)
+        .await
+        .err()
+        .expect("a resume of a connection the server closed is refused");
+    assert_eq!(refused.status, 404, "{:?}", refused.body);
+}

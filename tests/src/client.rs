@@ -197,6 +197,17 @@ impl WsClient {
         }
     }
 
+    /// The next text message as written (a SignalR record, say), skipping pings.
+    pub async fn text(&mut self) -> String {
+        loop {
+            match within("next text", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
     /// The next event frame, failing on anything else.
     pub async fn event(&mut self) -> ziraai_proto::EventFrame {
         match self.frame().await {

@@ -5,8 +5,10 @@
 mod browser;
 mod client;
 mod cluster;
+mod devices;
 mod isolated;
 mod keys;
+mod load;
 mod nats_server;
 mod node;
 mod otlp;
@@ -32,7 +34,12 @@ use ziraai_worker::{Published, Publisher};
 pub use browser::{Card, DemoPage, PageStatus, PageView};
 pub use client::{Refused, WsClient};
 pub use cluster::NatsCluster;
+pub use devices::{Balancer, Device, wait_connected};
 pub use keys::{TestKey, short_token, token_with, unix_now};
+pub use load::{
+    DeviceResult, EventLoad, Sent, assert_every_device_has_everything,
+    assert_stream_holds_each_once, first_delivery_after, stream_msg_ids,
+};
 pub use nats_server::{NatsServer, PINNED_VERSION, binary as nats_server_binary};
 pub use otlp::metrics::ReceivedPoint;
 pub use otlp::{OtlpProtocol, OtlpReceiver, ReceivedSpan};

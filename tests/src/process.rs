@@ -193,7 +193,14 @@ impl ServiceProcess {
         open_files: Option<u64>,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut vars = crate::gateway_vars(nats, extra);
+        Self::gateway_with_vars(crate::gateway_vars(nats, extra), open_files).await
+    }
+
+    /// `ziraai-gateway` with exactly `vars` (JSON logs unless set), started and ready.
+    pub async fn gateway_with_vars(
+        mut vars: HashMap<String, String>,
+        open_files: Option<u64>,
+    ) -> Self {
         vars.entry("ZIRAAI_LOG_FORMAT".into())
             .or_insert_with(|| "json".into());
         let mut p = Self::spawn_limited("ziraai-gateway", &[], &vars, open_files);
@@ -206,7 +213,11 @@ impl ServiceProcess {
     /// `ziraai-worker run` on `nats` against `analyzer_url` (test settings of
     /// [`crate::worker_vars`] plus `extra`, JSON logs), started and ready.
     pub async fn worker(nats: &impl NatsUrls, analyzer_url: &str, extra: &[(&str, &str)]) -> Self {
-        let mut vars = crate::worker_vars(nats, analyzer_url, extra);
+        Self::worker_with_vars(crate::worker_vars(nats, analyzer_url, extra)).await
+    }
+
+    /// `ziraai-worker run` with exactly `vars` (JSON logs unless set), started and ready.
+    pub async fn worker_with_vars(mut vars: HashMap<String, String>) -> Self {
         vars.entry("ZIRAAI_LOG_FORMAT".into())
             .or_insert_with(|| "json".into());
         let mut p = Self::spawn("ziraai-worker", &["run"], &vars);
@@ -225,6 +236,15 @@ impl ServiceProcess {
     /// `ws://…/ws` of a gateway process.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr())
+    }
+
+    /// `http://…/hubs/plantanalysis` of a gateway process.
+    pub fn hub_url(&self) -> String {
+        format!(
+            "http://{}{}",
+            self.addr(),
+            ziraai_gateway::signalr::HUB_PATH
+        )
     }
 
     /// `GET /health` as JSON (null when the body is not JSON).

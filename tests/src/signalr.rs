@@ -68,6 +68,13 @@ impl JsClient {
         serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
     }
 
+    /// The next observation, without a time limit (the caller bounds it); `None` once
+    /// the client has exited.
+    pub async fn next_unbounded(&mut self) -> Option<Value> {
+        let line = self.lines.next_line().await.ok().flatten()?;
+        serde_json::from_str(&line).ok()
+    }
+
     /// Reads observations until one of kind `event`; fails on a `closed` or
     /// `startFailed` that was not asked for.
     pub async fn expect(&mut self, event: &str) -> Value {

@@ -36,14 +36,16 @@ impl Backend for NatsBackend {
         self.cursor.is_some()
     }
 
-    async fn save_cursor(&self, seq: u64) {
-        if let Some((cursors, device)) = &self.cursor {
-            let saved = cursors.advance(&self.user, device, seq).await;
-            self.stats.metrics.cursor_write(saved.is_ok());
-            if let Err(e) = saved {
-                tracing::warn!(user = %self.user, device = %device, seq, error = %e, "cursor not saved");
-            }
+    async fn save_cursor(&self, seq: u64) -> bool {
+        let Some((cursors, device)) = &self.cursor else {
+            return true;
+        };
+        let saved = cursors.advance(&self.user, device, seq).await;
+        self.stats.metrics.cursor_write(saved.is_ok());
+        if let Err(e) = &saved {
+            tracing::warn!(user = %self.user, device = %device, seq, error = %e, "cursor not saved; retrying at the next cursor tick");
         }
+        saved.is_ok()
     }
 
     fn device_label(&self) -> &str {

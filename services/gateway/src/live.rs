@@ -51,6 +51,13 @@ pub(crate) trait Source: Send + Sync {
         &self,
         after: u64,
     ) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+
+    /// A doorbell claims a sequence the reads did not find: learn where the stream
+    /// really ends (from its leader), so the next reads are not answered by a replica
+    /// that has not applied it yet. The claim itself is never trusted for that.
+    fn learn_end(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// One user's events in `NOTIFY`.
@@ -62,6 +69,12 @@ pub(crate) struct UserEvents {
 impl Source for UserEvents {
     async fn next_stored(&self, after: u64) -> Result<Option<Stored>, StoreError> {
         self.store.next_stored(&self.user, after).await
+    }
+
+    async fn learn_end(&self) {
+        if let Err(e) = self.store.bounds().await {
+            tracing::debug!(user = %self.user, error = %e, "reading where the stream ends failed");
+        }
     }
 }
 
@@ -179,6 +192,9 @@ impl<S: Source> LiveReader<S> {
             self.pending.iter().map(|p| p.claim).max().unwrap_or(0)
         };
         self.behind = false;
+        if !self.pending.is_empty() {
+            self.source.learn_end().await;
+        }
         self.read_through(target, deliver).await;
         let pending = std::mem::take(&mut self.pending);
         for mut p in pending {

@@ -142,8 +142,11 @@ pub trait Backend: Send + Sync {
     fn next_after(&self, after: u64) -> impl Future<Output = Result<Option<Event>, String>> + Send;
     /// Whether the socket has a device cursor to save.
     fn has_cursor(&self) -> bool;
-    /// Saves the device cursor (errors are logged by the implementation).
-    fn save_cursor(&self, seq: u64) -> impl Future<Output = ()> + Send;
+    /// Saves the device cursor; false when it could not (logged by the
+    /// implementation): the session keeps it to write again (a leader election of the
+    /// bucket's stream fails writes for seconds; a dropped write would leave the device
+    /// resuming from an older cursor).
+    fn save_cursor(&self, seq: u64) -> impl Future<Output = bool> + Send;
     /// Records a tracking event without waiting.
     fn track(&self, kind: TrackKind, seq: u64);
     /// The device id (or `conn-<connectionId>`) in `notify.ack` spans.
@@ -195,6 +198,11 @@ pub trait Dialect: Send {
     /// An event with this sequence was just written (dialects that number messages).
     fn sent_event(&mut self, _seq: u64) {}
     fn keepalive(&self) -> Keepalive;
+    /// The server is about to end the session (before [`Self::farewell`] is written):
+    /// a dialect whose connections can be resumed makes this one unresumable first.
+    fn ending(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// The messages ending the session for `reason`, the WebSocket close frame last.
     fn farewell(&self, reason: &CloseReason) -> Vec<Message>;
     /// Whether written events count as acknowledged once the client is heard from
@@ -246,6 +254,7 @@ where
     match stop {
         Stop::Gone => None,
         Stop::Close(reason) => {
+            Box::pin(conn.dialect_mut().ending()).await;
             let farewell = conn.dialect().farewell(&reason);
             close(conn.socket(), farewell, write_timeout).await;
             Some(reason)

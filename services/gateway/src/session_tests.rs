@@ -26,6 +26,8 @@ pub(super) struct MemBackend {
     pub(super) stored: Mutex<Vec<(u64, u64, Vec<u8>)>>,
     pub(super) cursor: bool,
     pub(super) saved: Mutex<Vec<u64>>,
+    /// Cursor writes still to fail (a bucket without a leader).
+    pub(super) failing_saves: std::sync::atomic::AtomicUsize,
     pub(super) tracked: Mutex<Vec<(TrackKind, u64)>>,
 }
 
@@ -40,8 +42,16 @@ impl Backend for Arc<MemBackend> {
     fn has_cursor(&self) -> bool {
         self.cursor
     }
-    async fn save_cursor(&self, seq: u64) {
-        self.saved.lock().expect("lock").push(seq);
+    async fn save_cursor(&self, seq: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let fail = self
+            .failing_saves
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !fail {
+            self.saved.lock().expect("lock").push(seq);
+        }
+        !fail
     }
     fn track(&self, kind: TrackKind, seq: u64) {
         self.tracked.lock().expect("lock").push((kind, seq));
@@ -387,6 +397,27 @@ async fn cursor_writes_are_coalesced_and_flushed_at_close() {
         vec![1, 4],
         "flushed at close"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cursor_write_that_failed_is_written_again() {
+    let backend = Arc::new(MemBackend {
+        cursor: true,
+        failing_saves: 1.into(),
+        ..MemBackend::default()
+    });
+    store(&backend, &[1]);
+    let mut p = start_with(Protocol::Json, backend, 0);
+    p.frame().await;
+    assert_eq!(p.seq().await, 1);
+    p.send(Message::Text(r#"{"type":"ack","seq":1}"#.into()));
+    p.send(Message::Text(r#"{"type":"ping"}"#.into()));
+    assert_eq!(p.frame().await, ServerFrame::Pong);
+    assert!(p.backend.saved.lock().expect("lock").is_empty(), "failed");
+    p.shutdown.cancel();
+    let backend = p.backend.clone();
+    p.expect_close(None, close_code::RESTART).await;
+    assert_eq!(*backend.saved.lock().expect("lock"), vec![1], "not dropped");
 }
 
 #[tokio::test]

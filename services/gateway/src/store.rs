@@ -8,11 +8,24 @@
 //! leaves two values. async-nats reads the **last** value of each into
 //! `StreamMessage::{sequence, subject}` (the server's); here the subject is also
 //! checked to be exactly the user's, so nothing a producer writes moves a sequence.
+//!
+//! Monotonic reads on a replicated stream: a direct get is answered by any replica,
+//! and a follower may not have applied the newest messages yet (JetStream reads are not
+//! read-after-write by default). A socket that was just sent event 120 by the live path
+//! could then fill the gap before it from a lagging follower, be told "nothing more",
+//! and move past events it never got. So the store keeps the highest stream sequence
+//! this gateway has seen ([`EventStore::floor`]) and sends it as `min_last_seq` with
+//! every direct get (server 2.12+, ADR-54 "JetStream Read-after-Write"): a replica
+//! whose stream ends before it hands the request to the leader instead of answering.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::StreamMessage, stream::DirectGetErrorKind};
+use async_nats::StatusCode;
+use async_nats::jetstream::{self, message::StreamMessage};
 use bytes::Bytes;
+use serde_json::json;
 use ziraai_common::nats::NOTIFY_STREAM;
 use ziraai_proto::UserId;
 
@@ -49,9 +62,13 @@ fn server_checked(m: StreamMessage, subject: &str, from: u64) -> Result<StreamMe
 /// Handle on `NOTIFY` for reads.
 #[derive(Clone)]
 pub struct EventStore {
-    stream: jetstream::stream::Stream<()>,
     js: jetstream::Context,
+    /// Highest stream sequence seen by any read of this gateway (see the module header).
+    floor: Arc<AtomicU64>,
 }
+
+/// The direct-get API subject of `NOTIFY`.
+const DIRECT_GET: &str = "$JS.API.DIRECT.GET.NOTIFY";
 
 /// Where the stream starts and ends now.
 #[derive(Debug, Clone, Copy)]
@@ -63,14 +80,55 @@ pub struct StreamBounds {
 
 impl EventStore {
     pub async fn new(js: &jetstream::Context) -> Result<Self, StoreError> {
-        let stream = js
-            .get_stream_no_info(NOTIFY_STREAM)
+        // Fails early when the stream is missing.
+        js.get_stream_no_info(NOTIFY_STREAM)
             .await
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(Self {
-            stream,
             js: js.clone(),
+            floor: Arc::default(),
         })
+    }
+
+    /// The highest stream sequence this gateway has seen: no read is answered by a
+    /// replica whose stream ends before it.
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, seq: u64) {
+        self.floor.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// One direct get of `request` with `min_last_seq` set to the floor: the message,
+    /// `None` when there is none, an error otherwise (a replica behind the floor that
+    /// could not hand over to a leader answers 412: retried by the callers).
+    async fn direct_get(
+        &self,
+        mut request: serde_json::Value,
+    ) -> Result<Option<StreamMessage>, StoreError> {
+        let floor = self.floor();
+        if floor > 0 {
+            request["min_last_seq"] = json!(floor);
+        }
+        let client = self.js.client();
+        let read = client.request(DIRECT_GET, Bytes::from(request.to_string()));
+        let reply = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Err(_) => return Err(StoreError("timed out".into())),
+            Ok(Err(e)) => return Err(StoreError(e.to_string())),
+            Ok(Ok(reply)) => reply,
+        };
+        match reply.status {
+            Some(StatusCode::NOT_FOUND) => return Ok(None),
+            Some(status) if status != StatusCode::OK => {
+                let why = reply.description.as_deref().unwrap_or("no description");
+                return Err(StoreError(format!("direct get answered {status}: {why}")));
+            }
+            _ => {}
+        }
+        let m = StreamMessage::try_from(reply).map_err(|e| StoreError(e.to_string()))?;
+        self.saw(m.sequence);
+        Ok(Some(m))
     }
 
     /// The first event of `user` with a sequence above `after`, `None` past the end
@@ -89,34 +147,24 @@ impl EventStore {
             return Ok(None);
         };
         let subject = user.notify_subject();
-        let read = self
-            .stream
-            .direct_get_next_for_subject(subject.as_str(), Some(from));
-        match tokio::time::timeout(READ_TIMEOUT, read).await {
-            Err(_) => Err(StoreError("timed out".into())),
-            Ok(Ok(m)) => {
-                let m = server_checked(m, &subject, from)?;
-                let event = Event::decode(m.sequence, 0, Some(&m.headers), &m.payload);
-                Ok(Some(Stored {
-                    event,
-                    payload: m.payload,
-                }))
-            }
-            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-        }
+        let request = json!({"seq": from, "next_by_subj": subject});
+        let Some(m) = self.direct_get(request).await? else {
+            return Ok(None);
+        };
+        let m = server_checked(m, &subject, from)?;
+        let event = Event::decode(m.sequence, 0, Some(&m.headers), &m.payload);
+        Ok(Some(Stored {
+            event,
+            payload: m.payload,
+        }))
     }
 
     /// The sequence of `user`'s latest event (0 if none): where a fresh socket starts.
     pub async fn latest(&self, user: &UserId) -> Result<u64, StoreError> {
-        let read = self
-            .stream
-            .direct_get_last_for_subject(user.notify_subject());
-        match tokio::time::timeout(READ_TIMEOUT, read).await {
-            Err(_) => Err(StoreError("timed out".into())),
-            Ok(Ok(m)) => Ok(server_checked(m, &user.notify_subject(), 1)?.sequence),
-            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
+        let subject = user.notify_subject();
+        match self.direct_get(json!({"last_by_subj": subject})).await? {
+            Some(m) => Ok(server_checked(m, &subject, 1)?.sequence),
+            None => Ok(0),
         }
     }
 
@@ -137,7 +185,12 @@ impl EventStore {
         };
         match tokio::time::timeout(READ_TIMEOUT, info).await {
             Err(_) => Err(StoreError("timed out".into())),
-            Ok(r) => r.map_err(StoreError),
+            Ok(r) => {
+                let bounds = r.map_err(StoreError)?;
+                // The leader's answer: everything up to its last sequence is stored.
+                self.saw(bounds.last_seq);
+                Ok(bounds)
+            }
         }
     }
 }

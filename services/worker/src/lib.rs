@@ -14,7 +14,7 @@ mod runner;
 
 pub use app::{WorkerApp, WorkerProbe};
 pub use publisher::{
-    CheckedEvent, DEFAULT_ATTEMPTS, INITIAL_BACKOFF, InvalidEvent, MAX_BACKOFF, PublishError,
-    Published, Publisher,
+    CheckedEvent, INITIAL_BACKOFF, InvalidEvent, MAX_BACKOFF, PublishError, Published, Publisher,
+    RETRY_WINDOW,
 };
 pub use runner::Counters;

@@ -9,7 +9,8 @@
 //! [`InvalidEvent`] instead of being stored and skipped by every gateway.
 //!
 //! Transient failures (time-out, no responders while a stream leader is elected, a
-//! broken connection) are retried with exponential back-off, always with the same
+//! broken connection) are retried with exponential back-off for [`RETRY_WINDOW`] (a
+//! leader election fits in it), always with the same
 //! `Nats-Msg-Id`, so a retry that reaches the stream twice is stored once (JetStream
 //! de-duplication); [`Published::duplicate`] says when the id was stored already.
 //!
@@ -33,8 +34,11 @@ use ziraai_proto::{ENVELOPE_VERSION, Envelope, PayloadEncoding, UserId, headers}
 /// First retry delay; doubles up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Attempts per publish before giving up.
-pub const DEFAULT_ATTEMPTS: u32 = 8;
+/// How long a publish keeps retrying transient failures before giving up: longer than
+/// a stream leader election in a cluster (the followers wait 4 to 9 s for the dead
+/// leader's heartbeat, then vote), during which the stream answers "no responders" at
+/// once, so a count of quick attempts alone (7 s of back-off) could give up first.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 /// What a successful publish returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +234,10 @@ impl Publisher {
     ) -> Result<Published, PublishError> {
         let mut backoff = INITIAL_BACKOFF;
         let mut last = String::new();
-        for attempt in 1..=DEFAULT_ATTEMPTS {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        while attempt == 0 || started.elapsed() < RETRY_WINDOW {
+            attempt += 1;
             let msg = PublishMessage::build()
                 .payload(body.clone())
                 .headers(headers.clone());
@@ -251,13 +258,15 @@ impl Publisher {
                 }
                 Err(e) => return Err(PublishError::Permanent(e.to_string())),
             }
-            if attempt < DEFAULT_ATTEMPTS {
+            if started.elapsed() + backoff < RETRY_WINDOW {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+            } else {
+                break;
             }
         }
         Err(PublishError::Exhausted {
-            attempts: DEFAULT_ATTEMPTS,
+            attempts: attempt,
             last,
         })
     }

@@ -118,6 +118,10 @@ where
         &self.d
     }
 
+    pub(super) fn dialect_mut(&mut self) -> &mut D {
+        &mut self.d
+    }
+
     pub(super) async fn serve(&mut self) -> Stop {
         match self.serve_inner().await {
             Ok(()) => Stop::Gone,
@@ -429,7 +433,8 @@ where
         if self.cursor_dirty {
             self.cursor_dirty = false;
             self.last_cursor_save = Some(Instant::now());
-            Box::pin(self.s.backend.save_cursor(self.ctl.acked())).await;
+            // Not saved: written again at the next cursor tick (or at the close).
+            self.cursor_dirty = !Box::pin(self.s.backend.save_cursor(self.ctl.acked())).await;
         }
     }
 

@@ -134,6 +134,17 @@ impl Dialect for SignalrDialect {
         }
     }
 
+    async fn ending(&mut self) {
+        // The server ends this connection: like ASP.NET Core, it no longer exists, so a
+        // resume with its token gets 404. The official client (8.0.x) also tries to
+        // resume the transport it was told to close while its automatic reconnect opens
+        // a new connection; were that resume accepted, two connections would feed one
+        // client (events interleaved out of order).
+        if let Some(st) = self.stateful.as_mut() {
+            st.end().await;
+        }
+    }
+
     fn farewell(&self, reason: &CloseReason) -> Vec<Message> {
         if *reason == CloseReason::ConnectionLimit {
             // Evicted: reconnecting would only evict the next oldest connection.

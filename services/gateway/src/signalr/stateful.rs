@@ -173,6 +173,13 @@ impl Stateful {
         }
     }
 
+    /// The server ends the connection: the record refuses resumes from now on (a
+    /// dirty record is answered 404, and the client reconnects in full instead).
+    pub(crate) async fn end(&mut self) {
+        self.book.record.dirty = true;
+        self.persist().await;
+    }
+
     /// An event invocation was written.
     pub(crate) fn sent_event(&mut self, seq: u64) {
         self.book.push(Some(seq));
