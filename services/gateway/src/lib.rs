@@ -122,6 +122,7 @@ impl App {
         let js = jetstream::new(client.clone());
         nats::apply_notify_streams(&js, config.nats.replicas).await?;
         let store = EventStore::new(&js).await?;
+        let resync = store::after_learning_the_end(store.clone(), resync);
         let cursors = Cursors::new(&js).await?;
         let resumes = signalr::Resumes::new(&js)
             .await

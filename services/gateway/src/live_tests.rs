@@ -161,3 +161,29 @@ async fn lost_doorbells_are_read_through_and_late_ones_repeat_nothing() {
         .await;
     assert_eq!(out.last(), Some(&(4, 3)), "a resync reads to the end");
 }
+
+#[tokio::test]
+async fn the_doorbell_of_the_event_a_reader_started_at_is_real_not_forged() {
+    // Stored between the subscription and the reader's start: the start read it.
+    let mem = Arc::new(Memory::default());
+    mem.store(5, &body(5));
+    let (mut r, stats) = reader(&mem, 5);
+    r.remember(5, body(5).as_bytes());
+    let mut out = Vec::new();
+    r.doorbell(&doorbell(&[5], &body(5)), &mut |e: Event| {
+        out.push((e.seq, e.last_seq))
+    })
+    .await;
+    assert_eq!(forged(&stats), 0, "a real late doorbell");
+    assert!(
+        out.is_empty(),
+        "the socket's replay delivers it, not the reader"
+    );
+    // The same sequence with another body is still a forgery.
+    r.doorbell(&doorbell(&[5], "fake"), &mut |e: Event| {
+        out.push((e.seq, e.last_seq))
+    })
+    .await;
+    assert_eq!(forged(&stats), 1);
+    assert!(out.is_empty());
+}

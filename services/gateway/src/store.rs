@@ -161,10 +161,18 @@ impl EventStore {
 
     /// The sequence of `user`'s latest event (0 if none): where a fresh socket starts.
     pub async fn latest(&self, user: &UserId) -> Result<u64, StoreError> {
+        Ok(self.latest_stored(user).await?.map_or(0, |(seq, _)| seq))
+    }
+
+    /// `user`'s latest event as (sequence, body), `None` if the user has none.
+    pub async fn latest_stored(&self, user: &UserId) -> Result<Option<(u64, Bytes)>, StoreError> {
         let subject = user.notify_subject();
         match self.direct_get(json!({"last_by_subj": subject})).await? {
-            Some(m) => Ok(server_checked(m, &subject, 1)?.sequence),
-            None => Ok(0),
+            Some(m) => {
+                let m = server_checked(m, &subject, 1)?;
+                Ok(Some((m.sequence, m.payload)))
+            }
+            None => Ok(None),
         }
     }
 
@@ -193,4 +201,32 @@ impl EventStore {
             }
         }
     }
+}
+
+/// Passes each NATS reconnection on once the stream's end is learned from its leader,
+/// so the catch-up reads that follow (every local user's) cannot be answered "nothing
+/// more" by a replica still behind: the doorbells lost during the outage never raised
+/// the read floor. One STREAM.INFO per reconnection for the whole gateway.
+pub fn after_learning_the_end(
+    store: EventStore,
+    mut reconnects: tokio::sync::watch::Receiver<u64>,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(*reconnects.borrow_and_update());
+    tokio::spawn(async move {
+        while reconnects.changed().await.is_ok() {
+            let n = *reconnects.borrow_and_update();
+            for attempt in 1..=3 {
+                match store.bounds().await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::info!(attempt, error = %e, "learning where NOTIFY ends after a reconnection failed")
+                    }
+                }
+            }
+            if tx.send(n).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

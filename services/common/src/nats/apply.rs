@@ -96,7 +96,18 @@ async fn apply_once(
     let current = tokio::time::timeout(ATTEMPT, js.get_stream(&name))
         .await
         .map_err(|_| Attempt::Unanswered)?;
-    if let Ok(current) = current {
+    // Only "not found" means create: any other failure (no responders during an
+    // election, a lost request) is read again, never taken for a missing stream, which
+    // would overwrite a stream with more replicas than configured.
+    let current = match current {
+        Ok(current) => Some(current),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => {
+            tracing::info!(stream = %name, error = %e, "reading the stream's definition failed");
+            return Err(Attempt::Unanswered);
+        }
+    };
+    if let Some(current) = current {
         let server_config = &current.cached_info().config;
         let server = server_config.num_replicas;
         outcome = Applied::Updated;
@@ -118,9 +129,15 @@ async fn apply_once(
     }
     let wanted = config.num_replicas;
     let sent = if outcome == Applied::Created {
-        tokio::time::timeout(ATTEMPT, create_else_update(js, config))
-            .await
-            .map_err(|_| Attempt::Unanswered)?
+        match tokio::time::timeout(ATTEMPT, js.create_stream(config)).await {
+            Err(_) => return Err(Attempt::Unanswered),
+            // Another process created it meanwhile: read it again and apply the rules
+            // (never a blind update, which could lower its replicas).
+            Ok(Err(e)) if is_error_code(&e, jetstream::ErrorCode::STREAM_NAME_EXIST) => {
+                return Err(Attempt::Unanswered);
+            }
+            Ok(r) => r.map(|_| ()),
+        }
     } else {
         tokio::time::timeout(UPDATE_WAIT, js.update_stream(config))
             .await
@@ -161,21 +178,10 @@ async fn apply_once(
     Err(Attempt::Failed(failed))
 }
 
-/// Creates a stream the server did not have; updates it when another process created
-/// it meanwhile with other settings. (Never a create and an update at once: a 2.15.1
-/// cluster answers neither while a replicated stream is being created, so two services
-/// starting together on a new cluster would both hang.)
-async fn create_else_update(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<(), jetstream::context::CreateStreamError> {
-    match js.create_stream(config.clone()).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_error_code(&e, jetstream::ErrorCode::STREAM_NAME_EXIST) => {
-            js.update_stream(config).await.map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
+/// Whether reading a stream failed because the server has no such stream.
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
+        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Applies the job queue (`JOBS` and its consumer, with `ack_wait` overridden if given)
