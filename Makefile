@@ -68,7 +68,7 @@ systemd-analyze:
 
 ## haproxy: install Debian's haproxy (apt) when missing, for make run-cluster and its tests.
 haproxy:
-	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_HAPROXY_BIN:-/usr/sbin/haproxy}" haproxy "the load balancer of make run-cluster"
+	@infra/scripts/ensure-apt-tool.sh "$${ZIRAAI_TEST_HAPROXY:-/usr/sbin/haproxy}" haproxy "the load balancer of make run-cluster"
 
 ## browser-client: install the pinned puppeteer-core (tests/browser, from its lock file; no browser download).
 BROWSER_CLIENT := tests/browser/node_modules/.package-lock.json

@@ -6,7 +6,7 @@
 # `prometheus` (infra/telemetry checks; ZIRAAI_TEST_PROMTOOL; its service is not
 # started by this), `systemd-analyze` from `systemd` (infra/systemd checks;
 # ZIRAAI_TEST_SYSTEMD_ANALYZE), and `haproxy` (make run-cluster's load balancer and its
-# tests; ZIRAAI_HAPROXY_BIN, ZIRAAI_TEST_HAPROXY; under systemd the package also starts
+# tests; ZIRAAI_TEST_HAPROXY; under systemd the package also starts
 # its service, whose default /etc/haproxy/haproxy.cfg listens on no port).
 set -euo pipefail
 binary="$1" package="$2" why="$3"
@@ -16,7 +16,7 @@ fi
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "$binary is missing and installing it needs root: apt-get install $package" >&2; exit 1; }
-  as_root=(sudo)
+  as_root=(sudo -n)
 fi
 echo "installing Debian's $package ($why)" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -223,6 +223,14 @@ async fn operator_cli_shows_sets_and_replays_cursors_and_refuses_bad_input() {
             "after the last retained event",
         )
         .await;
+    for seq in ["0", "999999"] {
+        admin
+            .refused(
+                &["deliveries", "--user", u.as_str(), "--seq", seq],
+                "is not a sequence of NOTIFY",
+            )
+            .await;
+    }
     assert_eq!(cursor_of(&op, &u, "phone").await, Some(seqs[2]));
     assert_eq!(cursor_of(&op, &u, "tablet").await, Some(seqs[0]));
     assert_eq!(cursor_of(&op, &u, "ghost").await, None);

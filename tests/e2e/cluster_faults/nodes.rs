@@ -35,6 +35,12 @@ async fn leader_kill_and_rolling_node_restarts_under_load_lose_and_repeat_nothin
     .await;
     move_leader(&cluster, "NOTIFY", victim).await;
     load.wait_acked(100, Duration::from_secs(20)).await;
+    // Still there, so "moved to another node" below cannot hold by itself.
+    assert_eq!(
+        node_of(&cluster, &gw_a).await,
+        Some(victim),
+        "gateway A is on the node about to die"
+    );
     let killed_at = Instant::now();
     cluster.kill(victim).await;
     load.wait_acked(300, Duration::from_secs(40)).await;

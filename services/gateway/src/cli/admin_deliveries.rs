@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use ziraai_common::nats::DELIVERY_STREAM;
+use ziraai_common::nats::{DELIVERY_STREAM, NOTIFY_STREAM};
 use ziraai_proto::UserId;
 
 use super::admin::{Ctx, Render, all_msgs, next_msg, or_dash, refused, table};
@@ -81,6 +81,12 @@ pub(crate) async fn run(ctx: &Ctx, args: DeliveriesArgs) -> anyhow::Result<Deliv
     let subject = user.notify_subject();
     let events: Vec<(u64, Option<EventRow>)> = match (args.seq, &args.analysis_id) {
         (Some(seq), _) => {
+            let last = ctx.last_seq(NOTIFY_STREAM).await?;
+            if seq == 0 || seq > last {
+                return refused(format!(
+                    "--seq {seq} is not a sequence of NOTIFY (its sequences run from 1 to {last})"
+                ));
+            }
             let event = next_msg(&ctx.notify, &subject, seq)
                 .await?
                 .filter(|m| m.sequence == seq)

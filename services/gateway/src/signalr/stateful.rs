@@ -166,18 +166,28 @@ impl Stateful {
         }
     }
 
-    /// Writes the record now.
-    pub(crate) async fn persist(&self) {
-        if let Err(e) = self.resumes.put(&self.cid, &self.book.record).await {
-            tracing::warn!(connection = %self.cid, error = %e, "stateful-reconnect state not saved");
+    /// Writes the record now; whether it was saved.
+    pub(crate) async fn persist(&self) -> bool {
+        match self.resumes.put(&self.cid, &self.book.record).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(connection = %self.cid, error = %e, "stateful-reconnect state not saved");
+                false
+            }
         }
     }
 
     /// The server ends the connection: the record refuses resumes from now on (a
-    /// dirty record is answered 404, and the client reconnects in full instead).
+    /// dirty record is answered 404, and the client reconnects in full instead). Tried
+    /// three times: a record left resumable would let the closed connection be resumed
+    /// beside the client's new one (the bucket may be electing a leader at a shutdown).
     pub(crate) async fn end(&mut self) {
         self.book.record.dirty = true;
-        self.persist().await;
+        for _ in 0..3 {
+            if self.persist().await {
+                return;
+            }
+        }
     }
 
     /// An event invocation was written.
