@@ -295,10 +295,20 @@ impl Runner {
                 AnalysisOutcome::failed(job.analysis_id.clone(), job.user_id.clone(), error)
             }
         };
-        let mut published = self
-            .publisher
-            .publish(&job.user_id, &result.to_envelope(), &job.event_id())
-            .await;
+        // A publish may ride out a NOTIFY leader election (the publisher retries for up
+        // to its RETRY_WINDOW): keep the job's ack wait from running out meanwhile, or the
+        // job would be redelivered and analysed again while its event is being stored.
+        let (envelope, event_id) = (result.to_envelope(), job.event_id());
+        let publish = self.publisher.publish(&job.user_id, &envelope, &event_id);
+        tokio::pin!(publish);
+        let mut published = loop {
+            tokio::select! {
+                p = &mut publish => break p,
+                _ = progress.tick() => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        };
         if let Err(PublishError::Invalid(why)) = &published {
             // Retrying cannot help (e.g. a result over the stream's message size): the
             // user gets a failure that can be delivered instead of nothing.
