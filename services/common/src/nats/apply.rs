@@ -219,10 +219,30 @@ async fn apply_jobs(
     // Unset: the consumer has its stream's replicas and follows it when the stream is
     // raised or lowered (a work queue's consumer must match its stream).
     config.num_replicas = 0;
+    // Read and created right after JOBS, which may still be electing its leader (a
+    // 2.15.1 cluster then leaves requests unanswered): each attempt bounded, retried.
+    let mut failure = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match tokio::time::timeout(ATTEMPT, apply_consumer(js, config.clone())).await {
+            Ok(Ok(consumer)) => return Ok(consumer),
+            Ok(Err(e)) => failure = e,
+            Err(_) => failure = format!("no answer within {ATTEMPT:?}"),
+        }
+        tracing::info!(attempt, error = %failure, "applying the worker's consumer on JOBS failed; retrying");
+    }
+    Err(NatsSetupError::Consumer(failure))
+}
+
+/// One attempt: the consumer as it is when it matches the definition, else created or
+/// updated.
+async fn apply_consumer(
+    js: &jetstream::Context,
+    config: jetstream::consumer::pull::Config,
+) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, String> {
     let stream = js
         .get_stream(JOBS_STREAM)
         .await
-        .map_err(|e| NatsSetupError::Consumer(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if let Some(name) = config.durable_name.as_deref() {
         let current = stream.get_consumer::<jetstream::consumer::pull::Config>(name);
         if let Ok(current) = current.await
@@ -234,7 +254,7 @@ async fn apply_jobs(
     stream
         .create_consumer(config)
         .await
-        .map_err(|e| NatsSetupError::Consumer(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 /// Applies what a producer (`ziraai-worker run`, `publish`) writes to: `NOTIFY`.
