@@ -241,11 +241,21 @@ pub(crate) async fn all_msgs(
     stream: &Stream<()>,
     filter: &str,
 ) -> anyhow::Result<Vec<StreamMessage>> {
+    all_msgs_as(stream, filter, StreamMessage::clone).await
+}
+
+/// [`all_msgs`], keeping only what `keep` takes from each message (not its body): a
+/// user's 10,000 events of up to 64 KiB each never sit in memory at once.
+pub(crate) async fn all_msgs_as<T>(
+    stream: &Stream<()>,
+    filter: &str,
+    mut keep: impl FnMut(&StreamMessage) -> T,
+) -> anyhow::Result<Vec<T>> {
     let mut out = Vec::new();
     let mut from = 1;
     while let Some(m) = next_msg(stream, filter, from).await? {
         from = m.sequence + 1;
-        out.push(m);
+        out.push(keep(&m));
     }
     Ok(out)
 }

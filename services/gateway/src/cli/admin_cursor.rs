@@ -21,7 +21,7 @@ use serde::Serialize;
 use ziraai_common::nats::NOTIFY_STREAM;
 use ziraai_proto::{DeviceId, UserId};
 
-use super::admin::{Ctx, OP_TIMEOUT, Render, all_msgs, refused};
+use super::admin::{Ctx, OP_TIMEOUT, Render, all_msgs_as, refused};
 use super::admin_user::{cursor_entry, devices, sockets};
 
 /// Arguments of `admin set-cursor`.
@@ -81,18 +81,18 @@ pub(crate) async fn set(ctx: &Ctx, args: SetCursorArgs) -> anyhow::Result<Cursor
 
 pub(crate) async fn replay(ctx: &Ctx, args: ReplayArgs) -> anyhow::Result<CursorReport> {
     let (previous, revision) = known_device(ctx, &args.user, &args.device).await?;
-    let msgs = all_msgs(&ctx.notify, &args.user.notify_subject()).await?;
-    let (Some(first), Some(last)) = (msgs.first(), msgs.last()) else {
+    let seqs = all_msgs_as(&ctx.notify, &args.user.notify_subject(), |m| m.sequence).await?;
+    let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
         return refused(format!(
             "user {} has no retained events to replay; nothing changed",
             args.user
         ));
     };
-    let from = args.from.unwrap_or(first.sequence);
-    if from > last.sequence {
+    let from = args.from.unwrap_or(first);
+    if from > last {
         return refused(format!(
             "--from {from} is after the last retained event of user {} ({}); nothing changed",
-            args.user, last.sequence
+            args.user, last
         ));
     }
     // Never forward: events still pending before --from stay pending.
@@ -143,13 +143,13 @@ async fn write(
             Err(_) => anyhow::bail!("writing cursor {key}: no answer within {OP_TIMEOUT:?}"),
         }
     }
-    let msgs = all_msgs(&ctx.notify, &user.notify_subject()).await?;
+    let seqs = all_msgs_as(&ctx.notify, &user.notify_subject(), |m| m.sequence).await?;
     Ok(CursorReport {
         user_id: user.to_string(),
         device_id: device.to_string(),
         previous,
         cursor: seq,
-        pending: msgs.iter().filter(|m| m.sequence > seq).count(),
+        pending: seqs.iter().filter(|s| **s > seq).count(),
         open_sockets: sockets(ctx, user).await?.len(),
     })
 }

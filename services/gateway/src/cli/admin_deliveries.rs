@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use ziraai_common::nats::{DELIVERY_STREAM, NOTIFY_STREAM};
 use ziraai_proto::UserId;
 
-use super::admin::{Ctx, Render, all_msgs, next_msg, or_dash, refused, table};
+use super::admin::{Ctx, Render, all_msgs, all_msgs_as, next_msg, or_dash, refused, table};
 use super::admin_user::EventRow;
 
 /// Arguments of `admin deliveries`.
@@ -94,11 +94,10 @@ pub(crate) async fn run(ctx: &Ctx, args: DeliveriesArgs) -> anyhow::Result<Deliv
             vec![(seq, event)]
         }
         (None, Some(id)) => {
-            let msgs = all_msgs(&ctx.notify, &subject).await?;
-            let scanned = msgs.len();
-            let found: Vec<_> = msgs
-                .iter()
-                .map(EventRow::from_msg)
+            let rows = all_msgs_as(&ctx.notify, &subject, EventRow::from_msg).await?;
+            let scanned = rows.len();
+            let found: Vec<_> = rows
+                .into_iter()
                 .filter(|e| e.analysis_id.as_deref() == Some(id.as_str()))
                 .map(|e| (e.seq, Some(e)))
                 .collect();

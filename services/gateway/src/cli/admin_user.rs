@@ -12,7 +12,7 @@ use serde::Serialize;
 use ziraai_common::nats::{CONNS_BUCKET, CURSORS_BUCKET};
 use ziraai_proto::{Envelope, PayloadEncoding, UserId, headers};
 
-use super::admin::{Ctx, Render, all_msgs, bounded, next_msg, or_dash, subjects, table};
+use super::admin::{Ctx, Render, all_msgs_as, bounded, next_msg, or_dash, subjects, table};
 
 /// Arguments of `admin user`.
 #[derive(Debug, clap::Args)]
@@ -100,10 +100,10 @@ pub(crate) struct UserReport {
 
 pub(crate) async fn run(ctx: &Ctx, args: UserArgs) -> anyhow::Result<UserReport> {
     let user = &args.user;
-    let msgs = all_msgs(&ctx.notify, &user.notify_subject()).await?;
-    let seqs: Vec<u64> = msgs.iter().map(|m| m.sequence).collect();
-    let skip = msgs.len().saturating_sub(args.limit);
-    let events = msgs.iter().skip(skip).map(EventRow::from_msg).collect();
+    let rows = all_msgs_as(&ctx.notify, &user.notify_subject(), EventRow::from_msg).await?;
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    let skip = rows.len().saturating_sub(args.limit);
+    let events = rows.into_iter().skip(skip).collect();
     let devices = devices(ctx, user)
         .await?
         .into_iter()
@@ -115,7 +115,7 @@ pub(crate) async fn run(ctx: &Ctx, args: UserArgs) -> anyhow::Result<UserReport>
         .collect();
     Ok(UserReport {
         user_id: user.to_string(),
-        event_count: msgs.len(),
+        event_count: seqs.len(),
         events,
         devices,
         sockets: sockets(ctx, user).await?,
