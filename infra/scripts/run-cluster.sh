@@ -11,7 +11,7 @@
 #      development analyzer (:8094), the worker (health :8093) and the demo job submitter.
 #   3. Prints commands for a second terminal (watch through HAProxy, crash a node,
 #      restart it…) and writes them, one per line, to .run/cluster/commands.txt
-#      (tests/e2e/cluster_banner.rs runs each).
+#      (tests/e2e/cluster_run.rs runs each).
 #   4. Ctrl-C stops everything like `make run` (nodes last, a node that is down is
 #      named). A node dying does not stop the rest: that is what the cluster is for.
 #

@@ -133,7 +133,7 @@ refuse_busy() { # address, variable that moves it
 build_unless_skipped() { # $1: ZIRAAI_SKIP_BUILD's value
   if [ "$1" != 1 ]; then
     echo "building…"
-    cargo build --quiet --bins
+    cargo build --quiet --locked --bins
   fi
 }
 
