@@ -84,7 +84,7 @@ $(NATS_SERVER):
 	@infra/scripts/ensure-nats-server.sh >/dev/null
 
 build:
-	cargo build --workspace --bins
+	cargo build --workspace --bins --locked
 
 lint:
 	cargo fmt --all -- --check
