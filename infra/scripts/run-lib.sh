@@ -181,7 +181,9 @@ banner_commands() { # gateway (or load balancer) host:port, worker health host:p
   # operator_cmd, gateway_health_cmd, worker_health_cmd (for $user on $ZIRAAI_NATS_URL),
   # and gw.
   gw="$1"
-  local with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL"
+  # The replicas the script provisioned, when not the default 1 (make run-cluster): a
+  # producer given fewer would warn that the streams have more.
+  local with_nats="ZIRAAI_NATS_URL=$ZIRAAI_NATS_URL${ZIRAAI_NATS_REPLICAS:+ ZIRAAI_NATS_REPLICAS=$ZIRAAI_NATS_REPLICAS}"
   watch_cmd="$bin_dir/ziraai-gateway watch --url ws://$gw/ws --user $user"
   # Job submitters connect as `platform`, producers as `worker` (the password stays in its file).
   submit_cmd="$with_nats $(as_user platform) $bin_dir/ziraai-worker submit --user $user --analysis 42"

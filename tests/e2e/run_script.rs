@@ -60,6 +60,12 @@ pub(crate) async fn run_once(command: &str) -> String {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "`{command}` prints one line: {stdout:?}");
+    // The producer CLIs log at warn: a printed command that warns (say, about the
+    // streams' replicas) is not one a user should paste.
+    if command.contains("ziraai-worker ") {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "`{command}` warns: {stderr}");
+    }
     lines[0].to_owned()
 }
 
