@@ -298,3 +298,7 @@ mod write_acks_tests;
 #[cfg(test)]
 #[path = "session_expiry_tests.rs"]
 mod expiry_tests;
+
+#[cfg(test)]
+#[path = "session_cursor_tests.rs"]
+mod cursor_tests;

@@ -123,14 +123,14 @@ impl Sink<Message> for TestSocket {
     }
 }
 
-struct Peer {
+pub(super) struct Peer {
     to_server: mpsc::UnboundedSender<Result<Message, TestErr>>,
     from_server: mpsc::UnboundedReceiver<Message>,
     queue: mpsc::Sender<Arc<Event>>,
-    backend: Arc<MemBackend>,
+    pub(super) backend: Arc<MemBackend>,
     resync: watch::Sender<u64>,
     ctl: Arc<SocketCtl>,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     session: JoinHandle<Option<CloseReason>>,
     stats: Arc<Stats>,
 }
@@ -149,7 +149,7 @@ fn start(protocol: Protocol) -> Peer {
     start_with(protocol, Arc::new(MemBackend::default()), 0)
 }
 
-fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) -> Peer {
+pub(super) fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) -> Peer {
     let (to_server, inbound) = mpsc::unbounded_channel();
     let (outbound, from_server) = mpsc::unbounded_channel();
     let (queue, queue_rx) = mpsc::channel(8);
@@ -203,14 +203,14 @@ fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_after: u64) ->
 impl Peer {
     /// Events written by path (replay, live, gap fill), after every earlier write (a
     /// ping's pong comes after them).
-    async fn written(&mut self) -> (u64, u64, u64) {
+    pub(super) async fn written(&mut self) -> (u64, u64, u64) {
         self.send(Message::Text(r#"{"type":"ping"}"#.into()));
         assert_eq!(self.frame().await, ServerFrame::Pong);
         let by = |path| self.stats.metrics.events(path);
         (by(Path::Replay), by(Path::Live), by(Path::GapFill))
     }
 
-    async fn next(&mut self) -> Message {
+    pub(super) async fn next(&mut self) -> Message {
         // Longer than the keep-alive timers, which paused-time tests skip through.
         let bound = PING_INTERVAL * 4;
         tokio::time::timeout(bound, self.from_server.recv())
@@ -219,14 +219,14 @@ impl Peer {
             .expect("session still writing")
     }
 
-    async fn seq(&mut self) -> u64 {
+    pub(super) async fn seq(&mut self) -> u64 {
         match self.frame().await {
             ServerFrame::Event(e) => e.seq,
             other => panic!("expected an event, got {other:?}"),
         }
     }
 
-    async fn frame(&mut self) -> ServerFrame {
+    pub(super) async fn frame(&mut self) -> ServerFrame {
         match self.next().await {
             Message::Text(t) => serde_json::from_str(t.as_str()).expect("JSON frame"),
             Message::Binary(b) => rmp_serde::from_slice(&b).expect("msgpack frame"),
@@ -234,12 +234,16 @@ impl Peer {
         }
     }
 
-    fn send(&self, m: Message) {
+    pub(super) fn send(&self, m: Message) {
         self.to_server.send(Ok(m)).expect("session reading");
     }
 
     /// Expects an optional error frame with `code`, then a close with `close`.
-    async fn expect_close(mut self, error: Option<&str>, close: u16) -> Option<CloseReason> {
+    pub(super) async fn expect_close(
+        mut self,
+        error: Option<&str>,
+        close: u16,
+    ) -> Option<CloseReason> {
         if let Some(code) = error {
             match self.frame().await {
                 ServerFrame::Error { code: got, .. } => assert_eq!(got, code),
@@ -366,58 +370,6 @@ async fn malformed_stored_events_are_skipped_not_stalled_on() {
     p.frame().await;
     assert_eq!(p.seq().await, 1);
     assert_eq!(p.seq().await, 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn cursor_writes_are_coalesced_and_flushed_at_close() {
-    let backend = Arc::new(MemBackend {
-        cursor: true,
-        ..MemBackend::default()
-    });
-    store(&backend, &[1, 2, 3, 4]);
-    let mut p = start_with(Protocol::Json, backend, 0);
-    p.frame().await;
-    for _ in 0..4 {
-        p.seq().await;
-    }
-    for n in 1..=4 {
-        p.send(Message::Text(
-            format!(r#"{{"type":"ack","seq":{n}}}"#).into(),
-        ));
-    }
-    p.send(Message::Text(r#"{"type":"ping"}"#.into()));
-    assert_eq!(p.frame().await, ServerFrame::Pong);
-    // Leading edge: the first ack is written at once; the next three wait for the tick.
-    assert_eq!(*p.backend.saved.lock().expect("lock"), vec![1]);
-    p.shutdown.cancel();
-    let backend = p.backend.clone();
-    p.expect_close(None, close_code::RESTART).await;
-    assert_eq!(
-        *backend.saved.lock().expect("lock"),
-        vec![1, 4],
-        "flushed at close"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_cursor_write_that_failed_is_written_again() {
-    let backend = Arc::new(MemBackend {
-        cursor: true,
-        failing_saves: 1.into(),
-        ..MemBackend::default()
-    });
-    store(&backend, &[1]);
-    let mut p = start_with(Protocol::Json, backend, 0);
-    p.frame().await;
-    assert_eq!(p.seq().await, 1);
-    p.send(Message::Text(r#"{"type":"ack","seq":1}"#.into()));
-    p.send(Message::Text(r#"{"type":"ping"}"#.into()));
-    assert_eq!(p.frame().await, ServerFrame::Pong);
-    assert!(p.backend.saved.lock().expect("lock").is_empty(), "failed");
-    p.shutdown.cancel();
-    let backend = p.backend.clone();
-    p.expect_close(None, close_code::RESTART).await;
-    assert_eq!(*backend.saved.lock().expect("lock"), vec![1], "not dropped");
 }
 
 #[tokio::test]
