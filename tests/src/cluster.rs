@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::nats_server::{AUTH_USERS, auth_conf, binary};
+use crate::nats_server::{AUTH_USERS, auth_conf, binary, credentials_of, password_of};
 
 /// How long a cluster may take to elect a meta leader and catch up.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
@@ -215,20 +215,12 @@ impl NatsCluster {
 
     /// The password of `user` of `nats/auth.conf` (panics without authorization).
     pub fn password(&self, user: &str) -> &str {
-        self.users
-            .iter()
-            .flatten()
-            .find(|(u, _)| *u == user)
-            .map(|(_, pw)| pw.as_str())
-            .unwrap_or_else(|| panic!("no user {user}: start the cluster with start_with_auth"))
+        password_of(self.users.as_deref(), user, "cluster")
     }
 
     /// The variables that make a service connect as `user`.
     pub fn credentials(&self, user: &'static str) -> [(&'static str, String); 2] {
-        [
-            ("ZIRAAI_NATS_USER", user.to_owned()),
-            ("ZIRAAI_NATS_PASSWORD", self.password(user).to_owned()),
-        ]
+        credentials_of(self.users.as_deref(), user, "cluster")
     }
 
     /// A client for the test itself, on every node's URL (it follows kills). With

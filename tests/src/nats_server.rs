@@ -91,20 +91,12 @@ impl NatsServer {
 
     /// The password of `user` of `nats/auth.conf` (panics without authorization).
     pub fn password(&self, user: &str) -> &str {
-        self.users
-            .iter()
-            .flatten()
-            .find(|(u, _)| *u == user)
-            .map(|(_, pw)| pw.as_str())
-            .unwrap_or_else(|| panic!("no user {user}: start the server with start_with_auth"))
+        password_of(self.users.as_deref(), user, "server")
     }
 
     /// The variables that make a service connect as `user`.
     pub fn credentials(&self, user: &'static str) -> [(&'static str, String); 2] {
-        [
-            ("ZIRAAI_NATS_USER", user.to_owned()),
-            ("ZIRAAI_NATS_PASSWORD", self.password(user).to_owned()),
-        ]
+        credentials_of(self.users.as_deref(), user, "server")
     }
 
     async fn spawn(&mut self, port: &str) {
@@ -205,6 +197,36 @@ impl NatsServer {
         let port = self.port.to_string();
         self.spawn(&port).await;
     }
+}
+
+/// The password of `user` among `users` (panics when the `what` runs without
+/// authorization or has no such user).
+pub(crate) fn password_of<'a>(
+    users: Option<&'a [(&'static str, String)]>,
+    user: &str,
+    what: &str,
+) -> &'a str {
+    users
+        .into_iter()
+        .flatten()
+        .find(|(u, _)| *u == user)
+        .map(|(_, pw)| pw.as_str())
+        .unwrap_or_else(|| panic!("no user {user}: start the {what} with start_with_auth"))
+}
+
+/// The variables that make a service connect as `user` of `users`.
+pub(crate) fn credentials_of(
+    users: Option<&[(&'static str, String)]>,
+    user: &'static str,
+    what: &str,
+) -> [(&'static str, String); 2] {
+    [
+        ("ZIRAAI_NATS_USER", user.to_owned()),
+        (
+            "ZIRAAI_NATS_PASSWORD",
+            password_of(users, user, what).to_owned(),
+        ),
+    ]
 }
 
 /// The shipped `nats/auth.conf`.
