@@ -237,6 +237,15 @@ impl Drop for RunScript {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
+            // Wait (bounded) until it has stopped its children: its run dir, with their
+            // pid files, is deleted right after this (a failed test must leave nothing).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                match self.child.try_wait() {
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    _ => break,
+                }
+            }
         }
     }
 }
