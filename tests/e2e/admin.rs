@@ -5,15 +5,13 @@
 //! changes nothing, and that an erasure leaves nothing of the user in any store while
 //! another user's data stays. The erasure on a 3-node cluster: `admin_cluster`.
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use serde_json::json;
 use ziraai_e2e::*;
 use ziraai_proto::ServerFrame;
 
 use crate::admin_support::{
-    Admin, cursor_becomes, cursor_of, signalr_keys, stored, stored_becomes,
+    Admin, cursor_becomes, cursor_of, records_settle, signalr_keys, stored, stored_becomes,
 };
 
 /// A server with the shipped authorization, provisioned by the operator, and a gateway
@@ -308,22 +306,8 @@ async fn operator_cli_erases_a_user_from_every_store_and_nothing_else() {
     phone.ack(mine[1]).await;
     anon.ack(mine[1]).await;
     keep.ack(theirs[1]).await;
-    cursor_becomes(&op, &u, "phone", mine[1]).await;
-    cursor_becomes(&op, &other, "keep", theirs[1]).await;
-    within("the SignalR connection's resume record", async {
-        while signalr_keys(&op, &u).await == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
     // Delivered and acked per socket: phone, anon and keep; the hub's deliveries.
-    stored_becomes(&op, "DELIVERY", &format!("delivery.{other}.>"), 4).await;
-    within("the user's delivery records", async {
-        while stored(&op, "DELIVERY", &format!("delivery.{u}.>")).await < 10 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    records_settle(&op, (&u, "phone", mine[1]), (&other, "keep", theirs[1]), 10).await;
     // The dry run finds every store's records (sockets still open) and removes none.
     let dry = admin.json(&["erase", "--user", u.as_str()]).await;
     assert_eq!(dry["erased"], false);

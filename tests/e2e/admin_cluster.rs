@@ -4,14 +4,12 @@
 //! `user` sees the devices, and after `erase` nothing of the user remains in NOTIFY,
 //! CURSORS, SIGNALR, CONNS or DELIVERY, while another user's data is untouched.
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use serde_json::json;
 use ziraai_e2e::*;
 
 use crate::admin_support::{
-    Admin, cursor_becomes, cursor_of, signalr_keys, stored, stored_becomes,
+    Admin, cursor_of, records_settle, signalr_keys, stored, stored_becomes,
 };
 use crate::replicas::assert_replicas;
 
@@ -56,22 +54,8 @@ async fn operator_cli_erases_a_user_on_a_three_node_cluster() {
     assert_eq!(keep.seqs(2).await, theirs);
     phone.ack(mine[2]).await;
     keep.ack(theirs[1]).await;
-    cursor_becomes(&op, &u, "phone", mine[2]).await;
-    cursor_becomes(&op, &other, "keep", theirs[1]).await;
-    within("the SignalR connection's resume record", async {
-        while signalr_keys(&op, &u).await == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    stored_becomes(&op, "DELIVERY", &format!("delivery.{other}.>"), 4).await;
     // The phone's delivered and acked records, and the hub connection's deliveries.
-    within("the user's delivery records", async {
-        while stored(&op, "DELIVERY", &format!("delivery.{u}.>")).await < 9 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    records_settle(&op, (&u, "phone", mine[2]), (&other, "keep", theirs[1]), 9).await;
 
     let admin = Admin {
         urls: cluster.urls(),

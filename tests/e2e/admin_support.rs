@@ -119,6 +119,33 @@ pub(crate) async fn stored_becomes(js: &jetstream::Context, stream: &str, filter
     .await;
 }
 
+/// Waits until the erasure tests' stores hold what they assert: each (user, device)'s
+/// cursor at its sequence, `mine`'s SignalR resume record, `theirs`' 4 delivery records
+/// and at least `delivery` of `mine`'s.
+pub(crate) async fn records_settle(
+    js: &jetstream::Context,
+    mine: (&UserId, &str, u64),
+    theirs: (&UserId, &str, u64),
+    delivery: usize,
+) {
+    let (u, other) = (mine.0, theirs.0);
+    cursor_becomes(js, u, mine.1, mine.2).await;
+    cursor_becomes(js, other, theirs.1, theirs.2).await;
+    within("the SignalR connection's resume record", async {
+        while signalr_keys(js, u).await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    stored_becomes(js, "DELIVERY", &format!("delivery.{other}.>"), 4).await;
+    within("the user's delivery records", async {
+        while stored(js, "DELIVERY", &format!("delivery.{u}.>")).await < delivery {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// The SIGNALR keys whose record names `user`.
 pub(crate) async fn signalr_keys(js: &jetstream::Context, user: &UserId) -> usize {
     let s = within("bind KV_SIGNALR", js.get_stream_no_info("KV_SIGNALR"))

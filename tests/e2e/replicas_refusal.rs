@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures_util::StreamExt;
 use ziraai_e2e::{
-    NatsCluster, NatsServer, NatsUrls, STEP, ServiceProcess, gateway_vars, within, within_for,
+    NatsCluster, NatsServer, NatsUrls, ServiceProcess, gateway_vars, within, within_for,
     worker_vars,
 };
 
@@ -26,17 +26,6 @@ fn vars(bin: &str, nats: &impl NatsUrls, replicas: &str) -> HashMap<String, Stri
         "ziraai-gateway" => gateway_vars(nats, &extra),
         _ => worker_vars(nats, NO_ANALYZER, &extra),
     }
-}
-
-/// Runs `bin args` to its exit: status, stdout, stderr.
-async fn run(
-    bin: &str,
-    args: &[&str],
-    vars: &HashMap<String, String>,
-) -> (ExitStatus, String, String) {
-    let mut p = ServiceProcess::spawn(bin, args, vars);
-    let status = p.wait_exit(STEP).await;
-    (status, p.stdout(), p.stderr())
 }
 
 /// The stderr lines that are not JSON log records (what a person reads).
@@ -83,7 +72,13 @@ async fn three_replicas_on_a_single_server_are_refused_in_one_line_by_both_servi
     ];
     let runs = commands.map(|(bin, args)| {
         let vars = vars(bin, &nats, "3");
-        async move { (bin, args, run(bin, args, &vars).await) }
+        async move {
+            (
+                bin,
+                args,
+                ServiceProcess::run_to_exit(bin, args, &vars).await,
+            )
+        }
     });
     for (bin, args, (status, _, stderr)) in futures_util::future::join_all(runs).await {
         let line = format!(
@@ -104,7 +99,7 @@ async fn replicas_are_never_lowered_silently_and_provision_lowers_them_when_aske
     let cluster = NatsCluster::start(3).await;
     let provision = |replicas: &str, args: &'static [&'static str]| {
         let vars = vars("ziraai-worker", &cluster, replicas);
-        async move { run("ziraai-worker", args, &vars).await }
+        async move { ServiceProcess::run_to_exit("ziraai-worker", args, &vars).await }
     };
     // 5 replicas on 3 servers: the cluster cannot place them.
     let (status, _, stderr) = provision("5", &["provision"]).await;
@@ -184,13 +179,13 @@ async fn authenticated_services_only_check_replicas_and_say_when_provision_must_
     };
     let provision = |replicas: &str| {
         let v = as_user("ziraai-worker", "operator", replicas);
-        async move { run("ziraai-worker", &["provision"], &v).await }
+        async move { ServiceProcess::run_to_exit("ziraai-worker", &["provision"], &v).await }
     };
     let (status, _, stderr) = provision("1").await;
     assert!(status.success(), "{stderr}");
 
     // The gateway's credential may not raise NOTIFY to 3: it says which and how.
-    let (status, _, stderr) = run(
+    let (status, _, stderr) = ServiceProcess::run_to_exit(
         "ziraai-gateway",
         &[],
         &as_user("ziraai-gateway", "gateway", "3"),

@@ -356,6 +356,17 @@ impl ServiceProcess {
             .unwrap_or_else(|e| panic!("cannot kill {}: {e}", self.name));
     }
 
+    /// Runs `bin args` with `vars` to its exit (within [`STEP`]): status, stdout, stderr.
+    pub async fn run_to_exit(
+        bin: &str,
+        args: &[&str],
+        vars: &HashMap<String, String>,
+    ) -> (ExitStatus, String, String) {
+        let mut p = Self::spawn(bin, args, vars);
+        let status = p.wait_exit(STEP).await;
+        (status, p.stdout(), p.stderr())
+    }
+
     /// Waits for the process to exit (failing the test after `limit`), then for its
     /// output to be read to the end.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {

@@ -192,17 +192,6 @@ fn shipped_without_creds(_tmp: &Path) -> String {
     shipped_config_dir().display().to_string()
 }
 
-/// Runs `bin args` with `vars` to its exit: status, stdout, stderr.
-async fn run(
-    bin: &str,
-    args: &[&str],
-    vars: &HashMap<String, String>,
-) -> (ExitStatus, String, String) {
-    let mut p = ServiceProcess::spawn(bin, args, vars);
-    let status = p.wait_exit(STEP).await;
-    (status, p.stdout(), p.stderr())
-}
-
 /// What is wrong with one refusal, if anything.
 fn check_refusal(
     case: &Case,
@@ -273,7 +262,7 @@ async fn every_bad_production_setting_stops_the_binaries_with_status_2_and_one_l
             Who::Both => &[("ziraai-gateway", &[]), ("ziraai-worker", &["run"])],
         };
         for (bin, args) in bins {
-            let (status, stdout, stderr) = run(bin, args, &vars).await;
+            let (status, stdout, stderr) = ServiceProcess::run_to_exit(bin, args, &vars).await;
             runs += 1;
             failures.extend(check_refusal(&case, bin, status, &stdout, &stderr));
         }
@@ -293,7 +282,7 @@ async fn the_production_baseline_of_those_cases_passes_validation() {
     let tmp = tempfile::tempdir().expect("tmp");
     let base = baseline(tmp.path());
     for (bin, args) in [("ziraai-gateway", &[][..]), ("ziraai-worker", &["run"][..])] {
-        let (status, _, stderr) = run(bin, args, &base).await;
+        let (status, _, stderr) = ServiceProcess::run_to_exit(bin, args, &base).await;
         assert_eq!(
             status.code(),
             Some(1),
