@@ -204,9 +204,16 @@ where
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
-        .with_filter(filter::filter_fn(|m| {
-            m.target().starts_with("ziraai") && *m.level() <= tracing::Level::INFO
-        }))
+        .with_filter(
+            filter::filter_fn(|m| {
+                m.target().starts_with("ziraai") && *m.level() <= tracing::Level::INFO
+            })
+            // Every filter states its most verbose level: the global maximum (and the
+            // `log` crate's, set from it) is then the loosest of them, so a disabled
+            // `debug!`/`trace!` (the WebSocket libraries log each frame read) costs a
+            // compare instead of a trip through the bridge and every layer's filter.
+            .with_max_level_hint(filter::LevelFilter::INFO),
+        )
         .boxed()
 }
 
@@ -224,7 +231,11 @@ where
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Whatever RUST_LOG says, never the WebSocket library's trace lines: they print
     // whole frames, and a client's `auth` frame carries its token.
-    let filter = filter::FilterExt::and(env, filter::filter_fn(|m| !prints_frames(m)));
+    // `and` keeps `RUST_LOG`'s level as the hint only if both sides give one.
+    let filter = filter::FilterExt::and(
+        env,
+        filter::filter_fn(|m| !prints_frames(m)).with_max_level_hint(filter::LevelFilter::TRACE),
+    );
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         // JSON lines name their span by `trace_id`/`span_id` only: the layer skips spans
@@ -234,7 +245,8 @@ where
             .event_format(json_ids::JsonWithIds::default())
             .with_filter(filter::FilterExt::and(
                 filter,
-                filter::filter_fn(|m| !m.is_span()),
+                filter::filter_fn(|m| !m.is_span())
+                    .with_max_level_hint(filter::LevelFilter::TRACE),
             ))
             .boxed(),
         LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),
