@@ -109,25 +109,75 @@ pub fn spawn(
     )
 }
 
+/// A record's body, serialised straight from borrowed fields (no JSON tree per record).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    user_id: &'a str,
+    seq: u64,
+    device_id: &'a str,
+    event: &'static str,
+    at: &'a str,
+    connection_id: &'a str,
+    gateway_id: &'a str,
+}
+
+/// `delivery.<userId>.<seq>.<deviceId>.<kind>` and the record's JSON body.
+fn encode(gateway_id: &str, rec: &TrackRecord) -> (String, Bytes) {
+    use std::fmt::Write as _;
+    let (user, device, kind) = (rec.user.as_str(), &*rec.device, rec.kind.as_str());
+    let mut subject = String::with_capacity(40 + user.len() + device.len());
+    // Writing to a String cannot fail.
+    let _ = write!(subject, "delivery.{user}.{}.{device}.{kind}", rec.seq);
+    let at = ziraai_proto::envelope::rfc3339(time::OffsetDateTime::now_utc());
+    let body = Body {
+        user_id: user,
+        seq: rec.seq,
+        device_id: device,
+        event: kind,
+        at: &at,
+        connection_id: &rec.connection_id,
+        gateway_id,
+    };
+    let mut bytes = Vec::with_capacity(160 + user.len() + device.len() + gateway_id.len());
+    // Serialising plain strings and a number into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &body);
+    (subject, Bytes::from(bytes))
+}
+
 async fn publish(client: &Client, gateway_id: &str, rec: TrackRecord) {
-    let subject = format!(
-        "delivery.{}.{}.{}.{}",
-        rec.user,
-        rec.seq,
-        rec.device,
-        rec.kind.as_str()
-    );
-    let body = serde_json::json!({
-        "userId": rec.user,
-        "seq": rec.seq,
-        "deviceId": &*rec.device,
-        "event": rec.kind.as_str(),
-        "at": ziraai_proto::envelope::rfc3339(time::OffsetDateTime::now_utc()),
-        "connectionId": &*rec.connection_id,
-        "gatewayId": gateway_id,
-    });
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    if let Err(e) = client.publish(subject, bytes).await {
+    let (subject, body) = encode(gateway_id, &rec);
+    if let Err(e) = client.publish(subject, body).await {
         tracing::debug!(error = %e, "tracking record not published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_its_subject_and_json_body() {
+        let rec = TrackRecord {
+            user: UserId::parse("u-1").expect("valid user id"),
+            device: "dev\\\"1".into(),
+            connection_id: "gw-7".into(),
+            seq: 42,
+            kind: TrackKind::Acked,
+        };
+        let (subject, body) = encode("gw", &rec);
+        assert_eq!(subject, "delivery.u-1.42.dev\\\"1.acked");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["userId"], "u-1");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["deviceId"], "dev\\\"1");
+        assert_eq!(v["event"], "acked");
+        assert_eq!(v["connectionId"], "gw-7");
+        assert_eq!(v["gatewayId"], "gw");
+        let at = v["at"].as_str().expect("at is a string");
+        assert!(
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        );
     }
 }
