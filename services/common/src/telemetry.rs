@@ -99,6 +99,16 @@ impl Telemetry {
     }
 }
 
+/// Set once by [`init_service`] when spans go to an exporter.
+static SPANS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans (an OTLP endpoint is set and the SDK is on). A
+/// hot path whose spans only matter to a trace backend (the gateway's deliveries and
+/// acks) opens none without one, so tracing off costs it nothing.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber for a service (default level `info`) and, when the
 /// `OTEL_*` variables of `vars` name an endpoint, the OTLP span pipeline. A second call
 /// (tests) installs nothing and returns a handle without exporter. Returns the
@@ -128,8 +138,12 @@ pub fn init_service(
     // Without an endpoint (or with the SDK disabled) a provider without an exporter
     // still gives spans their ids and carries `traceparent` through this service, so a
     // producer's or the platform's trace is not cut here; nothing is exported.
+    let mut exporting = false;
     let provider = match build_provider(&settings, settings.endpoint.as_deref(), resource.clone()) {
-        Ok(p) => Some(p),
+        Ok(p) => {
+            exporting = settings.endpoint.is_some();
+            Some(p)
+        }
         Err(e) => {
             warnings.push(format!("traces are not exported: {e}"));
             build_provider(&settings, None, resource).ok()
@@ -151,6 +165,7 @@ pub fn init_service(
         };
         return (none, warnings);
     }
+    SPANS_EXPORTED.store(exporting, std::sync::atomic::Ordering::Relaxed);
     if let Some(p) = &provider {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
@@ -245,8 +260,7 @@ where
             .event_format(json_ids::JsonWithIds::default())
             .with_filter(filter::FilterExt::and(
                 filter,
-                filter::filter_fn(|m| !m.is_span())
-                    .with_max_level_hint(filter::LevelFilter::TRACE),
+                filter::filter_fn(|m| !m.is_span()).with_max_level_hint(filter::LevelFilter::TRACE),
             ))
             .boxed(),
         LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),

@@ -337,6 +337,8 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
     let _ = event.trace.span.set(span.clone());
     let event = Arc::new(event);
     let mut queued = 0_usize;
+    // Only for the span's `protocols` (none without an exporter).
+    let traced = !span.is_disabled();
     let mut protocols: Vec<&'static str> = Vec::new();
     let sockets = lock(&channel.sockets);
     for slot in sockets.iter() {
@@ -346,7 +348,7 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
             Ok(()) => {
                 queued += 1;
                 let label = crate::metrics::protocol_label(slot.encoding);
-                if !protocols.contains(&label) {
+                if traced && !protocols.contains(&label) {
                     protocols.push(label);
                 }
             }
@@ -357,8 +359,10 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
     }
     drop(sockets);
     stats.delivered.fetch_add(queued as u64, Ordering::Relaxed);
-    span.record("sockets", queued as u64);
-    span.record("protocols", protocols.join(",").as_str());
+    if traced {
+        span.record("sockets", queued as u64);
+        span.record("protocols", protocols.join(",").as_str());
+    }
     {
         let _entered = span.enter();
         if log {

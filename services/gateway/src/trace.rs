@@ -3,6 +3,10 @@
 //! gap fills) and `notify.ack` (a device's ack, parented to and linked with the
 //! deliveries it covers). Socket writes are attributes (`sockets`, `protocols`), never a
 //! span per socket. No token ever goes into an attribute.
+//!
+//! Without an exporter (no OTLP endpoint: "tracing off") none of these spans is opened
+//! and no `traceparent` is read: they would only be built and thrown away, on the path
+//! every delivery and ack takes.
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -12,6 +16,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Links kept on one `notify.replay` or `notify.ack` span.
 pub(crate) const MAX_LINKS: usize = 32;
+
+/// Whether spans go anywhere (see the module header).
+fn on() -> bool {
+    ziraai_common::telemetry::spans_exported()
+}
 
 /// An event's trace: where it was published from and, once fanned out here, its
 /// delivery span.
@@ -66,7 +75,7 @@ impl EventTrace {
     ) -> Self {
         Self {
             parent: headers
-                .filter(|h| h.get("traceparent").is_some())
+                .filter(|h| on() && h.get("traceparent").is_some())
                 .map(ziraai_common::telemetry::extract)
                 .unwrap_or_default(),
             published,
@@ -105,6 +114,9 @@ impl EventTrace {
 /// caller once the fan-out is done; `delivery.delay_ms` starts as publish → fan-out and
 /// is updated at each socket write ([`EventTrace::written`]).
 pub(crate) fn deliver_span(user: &str, seq: u64, kind: &str, trace: &EventTrace) -> tracing::Span {
+    if !on() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "notify.deliver",
         otel.kind = "consumer",
@@ -136,6 +148,9 @@ pub(crate) fn replay_span(
     reason: &'static str,
     parent: Option<&SpanContext>,
 ) -> tracing::Span {
+    if !on() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "notify.replay",
         from_seq,
@@ -151,6 +166,9 @@ pub(crate) fn replay_span(
 /// Records `notify.ack` of `device` up to `seq`, a child of the last delivery it covers
 /// and linked to each (at most [`MAX_LINKS`]).
 pub(crate) fn ack_span(device: &str, seq: u64, deliveries: &[SpanContext]) {
+    if !on() {
+        return;
+    }
     let span = tracing::info_span!("notify.ack", device.id = device, event.seq = seq);
     if let Some(last) = deliveries.last() {
         let _ =

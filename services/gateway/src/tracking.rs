@@ -176,8 +176,7 @@ mod tests {
         assert_eq!(v["gatewayId"], "gw");
         let at = v["at"].as_str().expect("at is a string");
         assert!(
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                .is_ok()
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_ok()
         );
     }
 }
