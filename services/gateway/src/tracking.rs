@@ -6,7 +6,9 @@
 //! reconnect do not overwrite the first record. Sessions hand records to a bounded
 //! queue with `try_send` and one task per gateway publishes them with core NATS
 //! (no acknowledgement wait): a slow or failing tracking write never delays a
-//! delivery; when the queue is full the record is dropped and counted.
+//! delivery; when the queue is full the record is dropped and counted. The task
+//! publishes in batches (records gather for a few milliseconds after the first),
+//! so its wakes do not grow with the delivery rate.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +25,10 @@ use crate::event::Stats;
 
 /// Records waiting to be published, per gateway.
 pub const TRACKING_QUEUE: usize = 16 * 1024;
+/// How long the first queued record waits for others before they are published
+/// together; a record is published at most this late (plus the publishing itself).
+/// At 80,000 records/s about 400 gather, far below [`TRACKING_QUEUE`].
+const GATHER: Duration = Duration::from_millis(5);
 /// Time the tracking task gets to publish what is queued at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -91,7 +97,16 @@ pub fn spawn(
                 _ = stop.cancelled() => break,
             };
             let Some(rec) = rec else { return };
+            // Let the records of the next moments gather: one wake of this task (and
+            // one batch for the connection) per window instead of one per record.
+            tokio::select! {
+                () = tokio::time::sleep(GATHER) => {}
+                _ = stop.cancelled() => {}
+            }
             publish(&client, &gateway_id, rec).await;
+            while let Ok(rec) = rx.try_recv() {
+                publish(&client, &gateway_id, rec).await;
+            }
         }
         let _ = tokio::time::timeout(DRAIN_GRACE, async {
             while let Ok(rec) = rx.try_recv() {
