@@ -25,7 +25,6 @@ use std::time::Duration;
 use async_nats::StatusCode;
 use async_nats::jetstream::{self, message::StreamMessage};
 use bytes::Bytes;
-use serde_json::json;
 use ziraai_common::nats::NOTIFY_STREAM;
 use ziraai_proto::UserId;
 
@@ -70,6 +69,25 @@ pub struct EventStore {
 /// The direct-get API subject of `NOTIFY`.
 const DIRECT_GET: &str = "$JS.API.DIRECT.GET.NOTIFY";
 
+/// A direct-get request, serialised from borrowed fields (no JSON tree per read):
+/// `{"seq":…,"next_by_subj":…}` or `{"last_by_subj":…}`, with `min_last_seq` once a
+/// floor is known.
+#[derive(Default, serde::Serialize)]
+struct GetRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_by_subj: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_by_subj: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    min_last_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Where the stream starts and ends now.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamBounds {
@@ -105,14 +123,13 @@ impl EventStore {
     /// could not hand over to a leader answers 412: retried by the callers).
     async fn direct_get(
         &self,
-        mut request: serde_json::Value,
+        mut request: GetRequest<'_>,
     ) -> Result<Option<StreamMessage>, StoreError> {
-        let floor = self.floor();
-        if floor > 0 {
-            request["min_last_seq"] = json!(floor);
-        }
+        request.min_last_seq = self.floor();
+        // Serialising two numbers and a subject into a Vec cannot fail.
+        let body = serde_json::to_vec(&request).unwrap_or_default();
         let client = self.js.client();
-        let read = client.request(DIRECT_GET, Bytes::from(request.to_string()));
+        let read = client.request(DIRECT_GET, Bytes::from(body));
         let reply = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => return Err(StoreError("timed out".into())),
             Ok(Err(e)) => return Err(StoreError(e.to_string())),
@@ -147,7 +164,11 @@ impl EventStore {
             return Ok(None);
         };
         let subject = user.notify_subject();
-        let request = json!({"seq": from, "next_by_subj": subject});
+        let request = GetRequest {
+            seq: Some(from),
+            next_by_subj: Some(&subject),
+            ..GetRequest::default()
+        };
         let Some(m) = self.direct_get(request).await? else {
             return Ok(None);
         };
@@ -167,7 +188,11 @@ impl EventStore {
     /// `user`'s latest event as (sequence, body), `None` if the user has none.
     pub async fn latest_stored(&self, user: &UserId) -> Result<Option<(u64, Bytes)>, StoreError> {
         let subject = user.notify_subject();
-        match self.direct_get(json!({"last_by_subj": subject})).await? {
+        let request = GetRequest {
+            last_by_subj: Some(&subject),
+            ..GetRequest::default()
+        };
+        match self.direct_get(request).await? {
             Some(m) => {
                 let m = server_checked(m, &subject, 1)?;
                 Ok(Some((m.sequence, m.payload)))
@@ -229,4 +254,31 @@ pub fn after_learning_the_end(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_get_requests_are_the_servers_json() {
+        let next = GetRequest {
+            seq: Some(7),
+            next_by_subj: Some("notify.u-1"),
+            ..GetRequest::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&next).ok().as_deref(),
+            Some(r#"{"seq":7,"next_by_subj":"notify.u-1"}"#)
+        );
+        let last = GetRequest {
+            last_by_subj: Some("notify.u-1"),
+            min_last_seq: 42,
+            ..GetRequest::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&last).ok().as_deref(),
+            Some(r#"{"last_by_subj":"notify.u-1","min_last_seq":42}"#)
+        );
+    }
 }
