@@ -124,20 +124,9 @@ pub fn spawn(
     )
 }
 
-/// A record's body, serialised straight from borrowed fields (no JSON tree per record).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Body<'a> {
-    user_id: &'a str,
-    seq: u64,
-    device_id: &'a str,
-    event: &'static str,
-    at: &'a str,
-    connection_id: &'a str,
-    gateway_id: &'a str,
-}
-
-/// `delivery.<userId>.<seq>.<deviceId>.<kind>` and the record's JSON body.
+/// `delivery.<userId>.<seq>.<deviceId>.<kind>` and the record's JSON body (keys
+/// `userId`, `seq`, `deviceId`, `event`, `at`, `connectionId`, `gatewayId`), written
+/// by hand: serde's per-field machinery cost more than the rest of the record.
 fn encode(gateway_id: &str, rec: &TrackRecord) -> (String, Bytes) {
     use std::fmt::Write as _;
     let (user, device, kind) = (rec.user.as_str(), &*rec.device, rec.kind.as_str());
@@ -145,19 +134,39 @@ fn encode(gateway_id: &str, rec: &TrackRecord) -> (String, Bytes) {
     // Writing to a String cannot fail.
     let _ = write!(subject, "delivery.{user}.{}.{device}.{kind}", rec.seq);
     let at = ziraai_proto::envelope::rfc3339(time::OffsetDateTime::now_utc());
-    let body = Body {
-        user_id: user,
-        seq: rec.seq,
-        device_id: device,
-        event: kind,
-        at: &at,
-        connection_id: &rec.connection_id,
-        gateway_id,
-    };
-    let mut bytes = Vec::with_capacity(160 + user.len() + device.len() + gateway_id.len());
-    // Serialising plain strings and a number into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut bytes, &body);
-    (subject, Bytes::from(bytes))
+    let connection = &*rec.connection_id;
+    let mut out = Vec::with_capacity(
+        128 + user.len() + device.len() + at.len() + connection.len() + gateway_id.len(),
+    );
+    out.extend_from_slice(b"{\"userId\":");
+    json_str(&mut out, user);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(rec.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"deviceId\":");
+    json_str(&mut out, device);
+    out.extend_from_slice(b",\"event\":");
+    json_str(&mut out, kind);
+    out.extend_from_slice(b",\"at\":");
+    json_str(&mut out, &at);
+    out.extend_from_slice(b",\"connectionId\":");
+    json_str(&mut out, connection);
+    out.extend_from_slice(b",\"gatewayId\":");
+    json_str(&mut out, gateway_id);
+    out.push(b'}');
+    (subject, Bytes::from(out))
+}
+
+/// `s` as a JSON string. Ids are validated, so a plain copy is the rule; a string
+/// that needs an escape goes through serde_json.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 async fn publish(client: &Client, gateway_id: &str, rec: TrackRecord) {
