@@ -24,6 +24,7 @@ mod permissions;
 mod polling;
 mod processes;
 mod protocol;
+mod publisher_pipeline;
 mod read_consistency;
 mod replicas;
 mod replicas_refusal;
