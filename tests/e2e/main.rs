@@ -28,6 +28,7 @@ mod publisher_pipeline;
 mod read_consistency;
 mod replicas;
 mod replicas_refusal;
+mod resync_paced;
 mod run_script;
 mod scale_out;
 mod shutdown;
