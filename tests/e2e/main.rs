@@ -36,6 +36,7 @@ mod signalr;
 mod signalr_raw;
 mod signalr_stateful;
 mod soak;
+mod storm;
 mod telemetry;
 mod token_life;
 mod watch_cli;

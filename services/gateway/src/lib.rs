@@ -136,8 +136,7 @@ impl App {
         )
         .await?;
         let limit_tasks = conn_limit.start().await?;
-        let listener = TcpListener::bind(config.gateway.listen)
-            .await
+        let listener = serve::bind(config.gateway.listen)
             .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
         let stats = Arc::new(Stats::default());
         let tracking_stop = CancellationToken::new();
