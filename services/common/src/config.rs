@@ -64,6 +64,10 @@ pub const DEFAULT_SIGNALR_MAX_MESSAGE: usize = 32 * 1024;
 /// Handshake rate limit per client IP: a burst, then one every interval.
 pub const DEFAULT_HANDSHAKE_BURST: u32 = 40;
 pub const DEFAULT_HANDSHAKE_INTERVAL: Duration = Duration::from_millis(100);
+/// After a NATS reconnection, local users whose catch-up reads run at once (the rest
+/// wait; live deliveries do not), and the longest random delay before each starts.
+pub const DEFAULT_RESYNC_CONCURRENCY: usize = 32;
+pub const DEFAULT_RESYNC_JITTER: Duration = Duration::from_secs(1);
 /// Open sockets one user may hold across all gateways (the SignalR checklist's
 /// "max 5 devices").
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 5;
@@ -189,6 +193,10 @@ pub struct GatewayConfig {
     pub delivery_tracking: bool,
     /// Handshakes (WebSocket upgrades and negotiates) one client IP may burst.
     pub handshake_burst: u32,
+    /// Catch-up reads after a NATS reconnection running at once, gateway-wide.
+    pub resync_concurrency: usize,
+    /// Longest random delay before a user's catch-up after a NATS reconnection.
+    pub resync_jitter: Duration,
     /// One handshake allowance comes back every this long (per client IP).
     pub handshake_interval: Duration,
     /// SignalR hub keep-alive interval.

@@ -29,6 +29,7 @@ use ziraai_proto::UserId;
 
 use crate::event::{Encoding, Event, Stats};
 use crate::live::LiveReader;
+use crate::resync::{ResyncPacer, Turn};
 use crate::session::SocketCtl;
 use crate::store::EventStore;
 
@@ -67,8 +68,10 @@ pub struct Hub {
     client: Client,
     /// Where the live path reads its events (the stream is the source of truth).
     store: EventStore,
-    /// Bumped when the NATS connection came back: every channel reads to the end.
+    /// Bumped when the NATS connection came back: every channel reads to the end,
+    /// when the pacer gives it a turn.
     resync: watch::Receiver<u64>,
+    pacer: ResyncPacer,
     /// Subject nobody subscribes to: a request on it proves the server has processed
     /// everything this connection sent before (see [`barrier`]).
     barrier_subject: String,
@@ -101,7 +104,7 @@ impl Hub {
     /// shows them); a debug line otherwise.
     pub fn new(
         client: Client,
-        (store, resync): (EventStore, watch::Receiver<u64>),
+        (store, resync, pacer): (EventStore, watch::Receiver<u64>, ResyncPacer),
         gateway_id: &str,
         tracker: TaskTracker,
         stats: Arc<Stats>,
@@ -111,6 +114,7 @@ impl Hub {
             client,
             store,
             resync,
+            pacer,
             barrier_subject: format!("_ZIRAAI.barrier.{gateway_id}"),
             users: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(1),
@@ -251,18 +255,28 @@ async fn run_channel(hub: Arc<Hub>, channel: Arc<UserChannel>) {
     tracing::debug!(%subject, "subscribed");
     let mut deliver = |event: Event| fan_out(&channel, event, &hub.stats, hub.log_deliveries);
     let mut resync_open = true;
+    // Waiting for a catch-up turn after a reconnection; doorbells are served meanwhile.
+    let mut turn: Option<Turn> = None;
     loop {
         let retry_at = reader.retry_at();
         let work = tokio::select! {
             biased;
             _ = channel.stop.cancelled() => break,
             changed = resync.changed(), if resync_open => match changed {
-                Ok(()) => Work::Resync,
+                Ok(()) => {
+                    let n = *resync.borrow_and_update();
+                    turn.get_or_insert_with(|| hub.pacer.turn(&channel.user, n));
+                    continue;
+                }
                 Err(_) => {
                     resync_open = false;
                     continue;
                 }
             },
+            permit = wait_turn(&mut turn) => {
+                turn = None;
+                Work::Resync(permit)
+            }
             msg = sub.next() => match msg {
                 Some(msg) => Work::Doorbell(msg),
                 None => break,
@@ -273,7 +287,7 @@ async fn run_channel(hub: Arc<Hub>, channel: Arc<UserChannel>) {
         // back the drain (the channel ends with its last socket).
         let read = async {
             match work {
-                Work::Resync => reader.resync(&mut deliver).await,
+                Work::Resync(_turn) => reader.resync(&mut deliver).await,
                 Work::Doorbell(msg) => reader.doorbell(&msg, &mut deliver).await,
                 Work::Retry => reader.retry(&mut deliver).await,
             }
@@ -292,9 +306,18 @@ async fn run_channel(hub: Arc<Hub>, channel: Arc<UserChannel>) {
 
 /// What woke a user channel's task.
 enum Work {
-    Resync,
+    /// A reconnection's catch-up, holding its turn (if the pacer gave one).
+    Resync(Option<tokio::sync::OwnedSemaphorePermit>),
     Doorbell(async_nats::Message),
     Retry,
+}
+
+/// The turn waited for, or never without one.
+async fn wait_turn(turn: &mut Option<Turn>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match turn {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

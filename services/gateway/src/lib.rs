@@ -20,6 +20,7 @@ pub mod hub;
 mod live;
 pub mod metrics;
 mod request_auth;
+pub mod resync;
 mod serve;
 pub mod session;
 pub mod signalr;
@@ -70,8 +71,6 @@ pub(crate) struct AppState {
     /// SignalR stateful-reconnect state.
     pub(crate) resumes: signalr::Resumes,
     pub(crate) tracking: Tracking,
-    /// Bumped when the NATS connection is re-established: sessions re-sync.
-    pub(crate) resync: tokio::sync::watch::Receiver<u64>,
     /// Cancelled when shutdown starts: readiness turns 503, sockets close.
     pub(crate) shutdown: CancellationToken,
     /// Every socket session and user channel task.
@@ -137,8 +136,7 @@ impl App {
         )
         .await?;
         let limit_tasks = conn_limit.start().await?;
-        let listener = TcpListener::bind(config.gateway.listen)
-            .await
+        let listener = serve::bind(config.gateway.listen)
             .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
         let stats = Arc::new(Stats::default());
         let tracking_stop = CancellationToken::new();
@@ -161,7 +159,14 @@ impl App {
             metrics_allow: config.metrics_allow.clone(),
             hub: Hub::new(
                 client.clone(),
-                (store.clone(), resync.clone()),
+                (
+                    store.clone(),
+                    resync,
+                    resync::ResyncPacer::new(
+                        config.gateway.resync_concurrency,
+                        config.gateway.resync_jitter,
+                    ),
+                ),
                 &gateway_id,
                 tracker.clone(),
                 stats.clone(),
@@ -175,7 +180,6 @@ impl App {
             cursors,
             resumes,
             tracking,
-            resync,
             shutdown: CancellationToken::new(),
             tracker,
             connections: AtomicUsize::new(0),

@@ -8,6 +8,11 @@
 //! whenever it waits for a head). When the process runs out of descriptors, accepting
 //! pauses briefly instead of spinning, and resumes as timed-out connections close.
 //!
+//! The listener queues up to [`LISTEN_BACKLOG`] connections for the accept loop (the
+//! default of tokio and std is 128): when a gateway restarts, its clients all reconnect
+//! within a second or two, faster than any loop accepts, and a full queue makes the
+//! kernel drop their SYNs, which clients retry only after 1 s, 3 s, 7 s.
+//!
 //! Each request carries `ConnectInfo<SocketAddr>` (the TCP peer) and
 //! [`ClientIp`](crate::client_ip::ClientIp) (the peer, or the client named by a
 //! trusted proxy).
@@ -22,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ziraai_common::config::TrustedProxies;
@@ -32,6 +37,40 @@ use crate::client_ip::{ClientIp, resolve};
 /// Pause of the accept loop after running out of descriptors (or another error that
 /// is not about one connection).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Connections the kernel holds for the accept loop, at most (it caps the value at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4).
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reuse on, as tokio's `bind`) with a queue of [`LISTEN_BACKLOG`]
+/// connections; says so when the kernel's `net.core.somaxconn` makes it smaller.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    if let Some(max) = somaxconn()
+        && max < LISTEN_BACKLOG
+    {
+        tracing::warn!(
+            backlog = LISTEN_BACKLOG,
+            somaxconn = max,
+            "net.core.somaxconn caps the listen backlog: a reconnect storm may see dropped connection attempts"
+        );
+    }
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The kernel's cap on listen backlogs (Linux), if readable.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
 
 /// How connections are served.
 pub(crate) struct ServeOptions {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Encoding, Event, Stats};
@@ -217,8 +217,6 @@ pub struct Session<B> {
     pub start_after: u64,
     pub backend: B,
     pub shutdown: CancellationToken,
-    /// Bumped when the gateway's NATS connection came back: re-sync from the stream.
-    pub resync: watch::Receiver<u64>,
     pub stats: Arc<Stats>,
     /// When the socket's token expires (its `exp` plus the leeway); `None`: never.
     pub expires: Option<tokio::time::Instant>,

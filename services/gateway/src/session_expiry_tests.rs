@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 use secrecy::SecretString;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,14 +30,12 @@ struct Peer {
     from_server: mpsc::UnboundedReceiver<Message>,
     session: JoinHandle<Option<CloseReason>>,
     _queue: mpsc::Sender<Arc<Event>>,
-    _resync: watch::Sender<u64>,
 }
 
 fn start() -> Peer {
     let (to_server, inbound) = mpsc::unbounded_channel();
     let (outbound, from_server) = mpsc::unbounded_channel();
     let (queue, queue_rx) = mpsc::channel(8);
-    let (resync, resync_rx) = watch::channel(0);
     let dialect = native::NativeDialect {
         protocol: Protocol::Json,
         welcome: ServerFrame::Pong,
@@ -52,7 +50,6 @@ fn start() -> Peer {
         start_after: 0,
         backend: Arc::new(MemBackend::default()),
         shutdown: CancellationToken::new(),
-        resync: resync_rx,
         stats: Arc::new(Stats::default()),
         expires: Some(Instant::now() + EXPIRES_IN),
     };
@@ -68,7 +65,6 @@ fn start() -> Peer {
         from_server,
         session,
         _queue: queue,
-        _resync: resync,
     }
 }
 

@@ -9,7 +9,7 @@ use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
 use std::sync::Mutex;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ziraai_proto::{Protocol, ServerFrame};
@@ -128,7 +128,6 @@ pub(super) struct Peer {
     from_server: mpsc::UnboundedReceiver<Message>,
     queue: mpsc::Sender<Arc<Event>>,
     pub(super) backend: Arc<MemBackend>,
-    resync: watch::Sender<u64>,
     ctl: Arc<SocketCtl>,
     pub(super) shutdown: CancellationToken,
     session: JoinHandle<Option<CloseReason>>,
@@ -163,7 +162,6 @@ pub(super) fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_aft
         oldest_available: None,
         device_id: None,
     };
-    let (resync, resync_rx) = watch::channel(0);
     let stats = Arc::new(Stats::default());
     let dialect = native::NativeDialect {
         protocol,
@@ -176,7 +174,6 @@ pub(super) fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_aft
         start_after,
         backend: backend.clone(),
         shutdown: shutdown.clone(),
-        resync: resync_rx,
         stats: stats.clone(),
         expires: None,
     };
@@ -192,7 +189,6 @@ pub(super) fn start_with(protocol: Protocol, backend: Arc<MemBackend>, start_aft
         from_server,
         queue,
         backend,
-        resync,
         ctl,
         shutdown,
         session,
@@ -323,16 +319,6 @@ async fn a_gap_in_live_events_is_filled_from_the_stream_in_order() {
         assert_eq!(p.seq().await, want);
     }
     assert_eq!(p.written().await, (0, 1, 3), "(replay, live, gap fill)");
-}
-
-#[tokio::test]
-async fn a_reconnect_of_the_gateway_resyncs_from_the_stream() {
-    let mut p = start(Protocol::Json);
-    p.frame().await;
-    store(&p.backend, &[4, 5]);
-    p.resync.send_modify(|n| *n += 1);
-    assert_eq!(p.seq().await, 4);
-    assert_eq!(p.seq().await, 5);
 }
 
 #[tokio::test]

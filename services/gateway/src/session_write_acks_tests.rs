@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use ziraai_proto::{Protocol, ServerFrame};
 
@@ -48,7 +48,6 @@ async fn written_events_count_as_received_only_once_the_client_is_heard_after_th
     let (outbound, mut from_server) = mpsc::unbounded_channel();
     let (_queue, queue_rx) = mpsc::channel(8);
     let ctl = Arc::new(SocketCtl::default());
-    let (_resync, resync_rx) = watch::channel(0);
     let shutdown = CancellationToken::new();
     let dialect = WriteAcks(native::NativeDialect {
         protocol: Protocol::Json,
@@ -61,7 +60,6 @@ async fn written_events_count_as_received_only_once_the_client_is_heard_after_th
         start_after: 0,
         backend: backend.clone(),
         shutdown: shutdown.clone(),
-        resync: resync_rx,
         stats: Arc::new(Stats::default()),
         expires: None,
     };

@@ -297,7 +297,6 @@ impl Admitted {
             start_after,
             backend,
             shutdown: app.shutdown.clone(),
-            resync: app.resync.clone(),
             stats: app.stats.clone(),
             expires,
         };

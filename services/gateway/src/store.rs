@@ -64,6 +64,16 @@ pub struct EventStore {
     js: jetstream::Context,
     /// Highest stream sequence seen by any read of this gateway (see the module header).
     floor: Arc<AtomicU64>,
+    /// One STREAM.INFO at a time, its answer shared (see [`Self::bounds`]).
+    bounds: Arc<BoundsFlight>,
+}
+
+/// The STREAM.INFO requests of [`EventStore::bounds`]: how many were started, and the
+/// latest answer with its number. The async lock lets one run at a time.
+#[derive(Default)]
+struct BoundsFlight {
+    started: AtomicU64,
+    latest: tokio::sync::Mutex<Option<(u64, Result<StreamBounds, String>)>>,
 }
 
 /// The direct-get API subject of `NOTIFY`.
@@ -105,6 +115,7 @@ impl EventStore {
         Ok(Self {
             js: js.clone(),
             floor: Arc::default(),
+            bounds: Arc::default(),
         })
     }
 
@@ -201,8 +212,29 @@ impl EventStore {
         }
     }
 
-    /// The stream's current first and last sequence.
+    /// The stream's current first and last sequence: the answer of a STREAM.INFO
+    /// request started after this call, shared by every call waiting meanwhile. Each
+    /// resume asks (a cursor is checked against both ends), and a gateway restart brings
+    /// thousands at once: they cost a few JetStream API requests instead of one each,
+    /// which nats-server queues (and drops past its API queue limit).
     pub async fn bounds(&self) -> Result<StreamBounds, StoreError> {
+        let flight = &self.bounds;
+        // Any request numbered from here on starts after this call.
+        let wanted = flight.started.load(Ordering::SeqCst) + 1;
+        let mut latest = flight.latest.lock().await;
+        if let Some((n, answer)) = latest.as_ref()
+            && *n >= wanted
+        {
+            return answer.clone().map_err(StoreError);
+        }
+        let n = flight.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = self.stream_info().await.map_err(|e| e.0);
+        *latest = Some((n, answer.clone()));
+        answer.map_err(StoreError)
+    }
+
+    /// One STREAM.INFO of `NOTIFY`, bounded by [`READ_TIMEOUT`].
+    async fn stream_info(&self) -> Result<StreamBounds, StoreError> {
         let info = async {
             // `get_stream` is one STREAM.INFO request; its answer carries the state.
             let s = self

@@ -9,12 +9,13 @@ pub mod demo;
 pub mod dev_analyzer;
 pub mod job;
 pub mod metrics;
+mod pending;
 mod publisher;
 mod runner;
 
 pub use app::{WorkerApp, WorkerProbe};
 pub use publisher::{
-    CheckedEvent, INITIAL_BACKOFF, InvalidEvent, MAX_BACKOFF, PublishError, Published, Publisher,
-    RETRY_WINDOW,
+    CheckedEvent, INITIAL_BACKOFF, InvalidEvent, MAX_BACKOFF, PendingPublish, Pipeline,
+    PublishError, Published, Publisher, RETRY_WINDOW,
 };
 pub use runner::Counters;

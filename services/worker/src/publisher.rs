@@ -1,5 +1,6 @@
 //! [`Publisher`]: puts an envelope on `notify.<userId>` and waits for the stream's
-//! PubAck.
+//! PubAck ([`Publisher::publish`]), or sends it and returns a [`PendingPublish`] to
+//! await later ([`Publisher::send`], and a window of them in a [`Pipeline`]).
 //!
 //! Before anything is sent, the envelope is checked with the code the gateway decodes
 //! with ([`Envelope::decode`] on the encoded body: the kind rule, `data` an object, the
@@ -22,14 +23,15 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
-use tracing::Instrument as _;
 use tracing::field::Empty;
 use ziraai_common::nats::NOTIFY_MAX_MESSAGE;
 use ziraai_proto::analysis::AnalysisOutcome;
 use ziraai_proto::envelope::EnvelopeError;
 use ziraai_proto::{ENVELOPE_VERSION, Envelope, PayloadEncoding, UserId, headers};
+
+pub use crate::pending::{PendingPublish, Pipeline};
 
 /// First retry delay; doubles up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -75,7 +77,9 @@ pub enum PublishError {
     Permanent(String),
 }
 
-/// Publishes envelopes to `notify.<userId>` and waits for the stream's PubAck.
+/// Publishes envelopes to `notify.<userId>` and waits for the stream's PubAck. Cheap
+/// to clone; clones share one connection (and its order). For throughput, pipeline
+/// ([`Pipeline`]) and use a few publishers on connections of their own.
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
@@ -179,97 +183,57 @@ impl Publisher {
         self.encoding
     }
 
-    /// Publishes an event checked earlier (with [`Self::encoding`]).
+    /// Publishes an event checked earlier (with [`Self::encoding`]) and waits for its
+    /// PubAck: [`Self::send_checked`], then [`PendingPublish::acked`].
     pub async fn publish_checked(
         &self,
         user: &UserId,
         event: &CheckedEvent,
     ) -> Result<Published, PublishError> {
-        let subject = user.notify_subject();
-        let event_id = event.event_id();
-        let span = tracing::info_span!(
-            "notify.publish",
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.destination.name = %subject,
-            messaging.operation.type = "publish",
-            messaging.message.id = event_id,
-            messaging.nats.stream.sequence = Empty,
-            messaging.nats.duplicate = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-        );
-        let headers = with_trace_context(&span, event);
-        let outcome = self
-            .send_with_retries(&subject, event_id, event.body.clone(), headers)
-            .instrument(span.clone())
-            .await;
-        match &outcome {
-            Ok(p) => {
-                span.record("messaging.nats.stream.sequence", p.seq);
-                span.record("messaging.nats.duplicate", p.duplicate);
-            }
-            Err(e) => {
-                let kind = match e {
-                    PublishError::Invalid(_) => "invalid_event",
-                    PublishError::Exhausted { .. } => "retries_exhausted",
-                    PublishError::Permanent(_) => "refused",
-                };
-                span.record("error.type", kind);
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_description", e.to_string());
-            }
-        }
-        outcome
+        self.send_checked(user, event).await.acked().await
     }
 
-    /// Sends one message, retrying transient failures with the same `Nats-Msg-Id`.
-    async fn send_with_retries(
+    /// Checks `envelope` ([`CheckedEvent::new`]) and sends it for `user` without
+    /// waiting for the PubAck: see [`Self::send_checked`].
+    pub async fn send(
         &self,
-        subject: &str,
+        user: &UserId,
+        envelope: &Envelope,
         event_id: &str,
-        body: Bytes,
-        headers: HeaderMap,
-    ) -> Result<Published, PublishError> {
-        let mut backoff = INITIAL_BACKOFF;
-        let mut last = String::new();
-        let started = tokio::time::Instant::now();
-        let mut attempt = 0;
-        while attempt == 0 || started.elapsed() < RETRY_WINDOW {
-            attempt += 1;
-            let msg = PublishMessage::build()
-                .payload(body.clone())
-                .headers(headers.clone());
-            let outcome = match self.js.send_publish(subject.to_owned(), msg).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(ack) => {
-                    return Ok(Published {
-                        seq: ack.sequence,
-                        duplicate: ack.duplicate,
-                    });
-                }
-                Err(e) if is_transient(e.kind()) => {
-                    tracing::warn!(%subject, event_id, attempt, error = %e, "publish failed; retrying");
-                    last = e.to_string();
-                }
-                Err(e) => return Err(PublishError::Permanent(e.to_string())),
-            }
-            if started.elapsed() + backoff < RETRY_WINDOW {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            } else {
-                break;
-            }
-        }
-        Err(PublishError::Exhausted {
-            attempts: attempt,
-            last,
-        })
+    ) -> Result<PendingPublish, PublishError> {
+        let event = CheckedEvent::new(envelope, event_id, self.encoding)?;
+        Ok(self.send_checked(user, &event).await)
     }
+
+    /// Sends an event checked earlier without waiting for its PubAck; the returned
+    /// [`PendingPublish`] waits for it (and retries) when awaited. Sending several
+    /// before awaiting any pipelines them on this connection: the server stores them
+    /// in the order sent. Returns once the message is queued on the connection (a
+    /// full client buffer or the context's `max_ack_inflight` holds it back); a
+    /// failure of this first attempt is retried by [`PendingPublish::acked`].
+    pub async fn send_checked(&self, user: &UserId, event: &CheckedEvent) -> PendingPublish {
+        let subject = user.notify_subject();
+        let span = publish_span(&subject, event.event_id());
+        let headers = with_trace_context(&span, event);
+        PendingPublish::send(self.js.clone(), subject, event.body.clone(), headers, span).await
+    }
+}
+
+/// The `notify.publish` span of one event, a child of the caller's span.
+fn publish_span(subject: &str, event_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "notify.publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.operation.type = "publish",
+        messaging.message.id = event_id,
+        messaging.nats.stream.sequence = Empty,
+        messaging.nats.duplicate = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    )
 }
 
 /// `event`'s headers with `span`'s trace context added, as long as the event still
@@ -313,7 +277,7 @@ fn header_len(hdrs: &HeaderMap) -> usize {
 }
 
 /// Failures worth retrying: the stream may answer on the next attempt.
-fn is_transient(kind: PublishErrorKind) -> bool {
+pub(crate) fn is_transient(kind: PublishErrorKind) -> bool {
     matches!(
         kind,
         PublishErrorKind::TimedOut

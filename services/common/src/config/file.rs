@@ -49,6 +49,8 @@ pub(super) struct GatewayFile {
     pub(super) cursor_flush_interval: Option<String>,
     pub(super) delivery_tracking: Option<bool>,
     pub(super) handshake_burst: Option<u32>,
+    pub(super) resync_concurrency: Option<usize>,
+    pub(super) resync_jitter: Option<String>,
     pub(super) handshake_interval: Option<String>,
     pub(super) signalr_keepalive: Option<String>,
     pub(super) signalr_client_timeout: Option<String>,

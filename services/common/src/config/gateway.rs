@@ -29,6 +29,8 @@ pub(super) const VARS: &[&str] = &[
     "ZIRAAI_DELIVERY_TRACKING",
     "ZIRAAI_GATEWAY_HANDSHAKE_BURST",
     "ZIRAAI_GATEWAY_HANDSHAKE_INTERVAL",
+    "ZIRAAI_GATEWAY_RESYNC_CONCURRENCY",
+    "ZIRAAI_GATEWAY_RESYNC_JITTER",
     "ZIRAAI_SIGNALR_KEEPALIVE",
     "ZIRAAI_SIGNALR_CLIENT_TIMEOUT",
     "ZIRAAI_SIGNALR_MAX_MESSAGE",
@@ -171,6 +173,18 @@ pub(super) fn gateway(l: &mut Loader<'_>, g: GatewayFile, env: Environment) -> G
             g.handshake_interval,
             DEFAULT_HANDSHAKE_INTERVAL,
             parse_nonzero_duration,
+        ),
+        resync_concurrency: l.pick(
+            "ZIRAAI_GATEWAY_RESYNC_CONCURRENCY",
+            g.resync_concurrency.map(|n| n.to_string()),
+            DEFAULT_RESYNC_CONCURRENCY,
+            parse_positive,
+        ),
+        resync_jitter: l.pick(
+            "ZIRAAI_GATEWAY_RESYNC_JITTER",
+            g.resync_jitter,
+            DEFAULT_RESYNC_JITTER,
+            parse_duration,
         ),
         signalr_keepalive: l.pick(
             "ZIRAAI_SIGNALR_KEEPALIVE",

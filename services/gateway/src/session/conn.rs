@@ -138,7 +138,6 @@ where
         let mut pings = tokio::time::interval_at(Instant::now() + keepalive.tick, keepalive.tick);
         let flush = self.s.limits.cursor_flush;
         let mut cursor_tick = tokio::time::interval_at(Instant::now() + flush, flush);
-        let mut resync_open = true;
         loop {
             tokio::select! {
                 biased;
@@ -147,10 +146,6 @@ where
                 }
                 _ = self.s.shutdown.cancelled() => return Err(Stop::Close(CloseReason::Shutdown)),
                 _ = self.ctl.lag.notified() => self.catch_up_all(Path::GapFill).await?,
-                changed = self.s.resync.changed(), if resync_open => match changed {
-                    Ok(()) => self.catch_up_all(Path::GapFill).await?,
-                    Err(_) => resync_open = false,
-                },
                 queued = self.queue.recv() => {
                     let Some(event) = queued else { return Err(Stop::Close(CloseReason::Internal)) };
                     self.live(&event).await?;
