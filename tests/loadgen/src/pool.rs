@@ -218,8 +218,18 @@ impl ClientPool {
         limit: Duration,
     ) -> anyhow::Result<PoolStatus> {
         let n = self.sockets;
-        self.wait_for("all sockets connected", limit, |s| s.connected_now >= n)
-            .await
+        let s = self
+            .wait_for("all sockets connected", limit, |s| {
+                // Nothing ever connected after three tries each: no point waiting.
+                s.connected_now >= n || (s.connects == 0 && s.disconnects >= 3 * n as u64)
+            })
+            .await?;
+        anyhow::ensure!(
+            s.status.connected_now >= n,
+            "no socket could connect (last disconnect: {})",
+            s.last_disconnect
+        );
+        Ok(s)
     }
 
     async fn distinct(&mut self, phase: &str) -> anyhow::Result<u64> {
