@@ -26,9 +26,10 @@ impl TokenBucket {
         }
     }
 
-    /// The burst for `rate`: 10 ms worth of tokens, at least 1.
+    /// The burst for `rate`: 50 ms worth of tokens, at least 2, so a wake-up that
+    /// comes late (a busy machine, 1 ms timers) catches up instead of losing tokens.
     pub(crate) fn default_burst(rate: f64) -> f64 {
-        (rate / 100.0).max(1.0)
+        (rate / 20.0).max(2.0)
     }
 
     fn refill(&mut self, now: Instant) {
@@ -117,8 +118,8 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(b.wait(t0 + Duration::from_millis(100)), Duration::ZERO);
-        assert_eq!(TokenBucket::default_burst(50.0), 1.0);
-        assert_eq!(TokenBucket::default_burst(40_000.0), 400.0);
+        assert_eq!(TokenBucket::default_burst(10.0), 2.0);
+        assert_eq!(TokenBucket::default_burst(40_000.0), 2000.0);
     }
 
     #[test]
