@@ -12,9 +12,7 @@
 //! buffers besides them, one timer per socket, and no panic on anything the network
 //! sends (a frame that cannot be parsed ends the connection with a reason).
 
-#[allow(dead_code)] // the SignalR half is used in the next commit
 mod conn;
-#[allow(dead_code)] // the SignalR half is used in the next commit
 mod frames;
 mod native;
 mod signalr;

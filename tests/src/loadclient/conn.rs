@@ -31,15 +31,12 @@ const MAX_HTTP_ANSWER: usize = 16 * 1024;
 /// Why a connection attempt failed, as one line for [`super::ClientEvent::Disconnected`].
 #[derive(Debug)]
 pub(super) struct ConnectError {
-    /// HTTP status of a refused upgrade or request.
-    pub(super) status: Option<u16>,
     pub(super) reason: String,
 }
 
 impl ConnectError {
     pub(super) fn other(reason: impl Into<String>) -> Self {
         Self {
-            status: None,
             reason: reason.into(),
         }
     }
@@ -101,10 +98,10 @@ pub(super) async fn websocket(
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
                 let status = resp.status().as_u16();
-                Err(ConnectError {
-                    status: Some(status),
-                    reason: format!("http {status}: {}", body.trim()),
-                })
+                Err(ConnectError::other(format!(
+                    "http {status}: {}",
+                    body.trim()
+                )))
             }
             Err(e) => Err(ConnectError::other(format!("upgrade: {e}"))),
         }
