@@ -18,6 +18,7 @@ mod durable;
 mod forged;
 mod infra_configs;
 mod lifecycle;
+mod loadclient;
 mod loadgen;
 mod metrics;
 mod otlp_metrics;
