@@ -9,7 +9,7 @@ use std::time::Duration;
 use ziraai_e2e::*;
 
 /// Protocols of the smoke run.
-const PROTOCOLS: &str = "json,msgpack";
+const PROTOCOLS: &str = "json,msgpack,signalr-json,signalr-msgpack";
 
 #[tokio::test]
 async fn loadgen_smoke_run_loses_nothing_and_duplicates_nothing() {
