@@ -234,3 +234,77 @@ async fn send(out: &mut tokio::io::Stdout, reply: &Reply) -> anyhow::Result<()> 
     out.flush().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tally::event_id;
+
+    fn state(n: usize) -> State {
+        State {
+            conns: vec![Conn::Pending; n],
+            status: Status::default(),
+            last_disconnect: String::new(),
+            tallies: Tallies::new(n),
+        }
+    }
+
+    fn connected(client: usize, unix_ns: u64, resumed: bool) -> ClientEvent {
+        ClientEvent::Connected {
+            client,
+            unix_ns,
+            resumed,
+        }
+    }
+
+    fn closed(client: usize, code: Option<u16>) -> ClientEvent {
+        ClientEvent::Disconnected {
+            client,
+            code,
+            reason: "gateway restarting".into(),
+        }
+    }
+
+    #[test]
+    fn counts_first_attempts_connections_and_resumes() {
+        let mut s = state(3);
+        s.apply(connected(0, 10, false));
+        s.apply(closed(1, None)); // first attempt failed
+        assert_eq!((s.status.first_done, s.status.connected_now), (2, 1));
+        s.apply(closed(0, Some(1012)));
+        s.apply(closed(0, Some(1012))); // a second report changes nothing but the count
+        assert_eq!(s.status.connected_now, 0);
+        assert_eq!(s.status.disconnects, 3);
+        assert_eq!(s.last_disconnect, "1012 gateway restarting");
+        s.apply(connected(0, 30, true));
+        s.apply(connected(1, 20, true));
+        s.apply(connected(2, 25, false));
+        s.apply(connected(7, 99, false)); // not a client of this process
+        let st = s.status;
+        assert_eq!((st.first_done, st.connected_now), (3, 3));
+        assert_eq!((st.connects, st.resumed_connects), (4, 2));
+        assert_eq!(st.last_connect_ns, 30);
+    }
+
+    #[test]
+    fn deliveries_go_to_their_phase() {
+        let mut s = state(2);
+        s.apply(ClientEvent::Delivery {
+            client: 1,
+            seq: 4,
+            analysis_id: event_id("a", 1_000, 3),
+            unix_ns: 2_000_000,
+        });
+        assert_eq!(s.tallies.distinct("a"), 1);
+        assert_eq!(s.tallies.phase("a").distinct, vec![0, 1]);
+    }
+
+    #[test]
+    fn commands_and_replies_are_json_lines() {
+        let c: Command =
+            serde_json::from_str(r#"{"cmd":"tally","phase":"d5000"}"#).expect("parses");
+        assert!(matches!(c, Command::Tally { phase } if phase == "d5000"));
+        let r = serde_json::to_string(&Reply::Count { distinct: 3 }).expect("serialises");
+        assert_eq!(r, r#"{"reply":"count","distinct":3}"#);
+    }
+}

@@ -230,8 +230,8 @@ pub(crate) async fn measure(
     Ok(row)
 }
 
-/// Waits for the deliveries of `published` in `phase` (bounded by `--drain` after the
-/// publishers stopped).
+/// Waits for the deliveries of `published` in `phase` (bounded by `--drain`, plus a
+/// second per 5,000 expected deliveries, after the publishers stopped).
 pub(crate) async fn collect(
     ctx: &Ctx,
     clients: &mut Clients,
@@ -244,9 +244,11 @@ pub(crate) async fn collect(
         .map(|i| published.acked_per_user[i % users])
         .sum();
     let acked = &published.acked_per_user;
+    // A big burst (100,000 events) takes longer than the drain alone.
+    let limit = ctx.args.drain + Duration::from_secs(expected / 5000);
     clients
         .pool
-        .collect(phase, expected, |i| acked[i % users], ctx.args.drain)
+        .collect(phase, expected, |i| acked[i % users], limit)
         .await
 }
 

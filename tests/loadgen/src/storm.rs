@@ -16,6 +16,9 @@ use crate::report::Row;
 
 /// Publishing before the stop and after everyone resumed.
 const AROUND: Duration = Duration::from_secs(2);
+/// How long the gateway is started again (as a supervisor would) when it exits while
+/// starting.
+const RESTART_LIMIT: Duration = Duration::from_secs(180);
 
 pub(crate) async fn storm(ctx: &mut Ctx) -> anyhow::Result<()> {
     let args = ctx.args.clone();
@@ -50,7 +53,20 @@ pub(crate) async fn storm(ctx: &mut Ctx) -> anyhow::Result<()> {
         tokio::time::sleep(args.storm_outage).await;
         let restart_ns = unix_ns();
         let restarted_at = Instant::now();
-        sut.stack.add_gateway(Some(addr)).await?;
+        // A gateway that cannot start (e.g. JetStream too busy to answer its stream
+        // check in time) exits; start it again, as a supervisor would, and say so.
+        let mut start_failures = 0;
+        loop {
+            match sut.stack.add_gateway(Some(addr)).await {
+                Ok(_) => break,
+                Err(e) if restarted_at.elapsed() < RESTART_LIMIT => {
+                    eprintln!("  storm: gateway restart failed, starting it again: {e:#}");
+                    start_failures += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let started_in = restarted_at.elapsed();
         let resumed = clients
             .pool
             .wait_for("every socket resumed", connect_limit(n), |s| {
@@ -86,6 +102,12 @@ pub(crate) async fn storm(ctx: &mut Ctx) -> anyhow::Result<()> {
             down_in.as_secs_f64(),
             args.storm_outage
         ));
+        if start_failures > 0 {
+            row.notes.push(format!(
+                "the restarted gateway exited {start_failures} times while starting (see its log), and was up {:.1} s after the first start",
+                started_in.as_secs_f64()
+            ));
+        }
         if let Err(e) = resumed {
             ctx.fail(format!("storm SIG{signal}: {e:#}"));
         }
