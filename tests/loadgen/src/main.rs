@@ -59,7 +59,7 @@ fn now_utc() -> String {
 /// Runs the scenarios (in the suite's order); true when nothing failed.
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let started = now_utc();
-    let dir = args.out.join(started.replace(':', "").replace('-', ""));
+    let dir = args.out.join(started.replace([':', '-'], ""));
     std::fs::create_dir_all(&dir)?;
     let machine = procstat::machine();
     let commit = procstat::commit();

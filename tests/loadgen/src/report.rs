@@ -88,7 +88,7 @@ impl Report {
     /// Writes `<dir>/<started>.json`; returns its path.
     pub(crate) fn write_json(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
-        let name = self.started_utc.replace(':', "").replace('-', "");
+        let name = self.started_utc.replace([':', '-'], "");
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(self)?)?;
         Ok(path)

@@ -63,11 +63,11 @@ impl Latency {
 
     /// The value at quantile `q` (0..=1), in milliseconds; `None` when empty.
     pub(crate) fn ms(&self, q: f64) -> Option<f64> {
-        (self.0.len() > 0).then(|| self.0.value_at_quantile(q) as f64 / 1000.0)
+        (!self.0.is_empty()).then(|| self.0.value_at_quantile(q) as f64 / 1000.0)
     }
 
     pub(crate) fn max_ms(&self) -> Option<f64> {
-        (self.0.len() > 0).then(|| self.0.max() as f64 / 1000.0)
+        (!self.0.is_empty()).then(|| self.0.max() as f64 / 1000.0)
     }
 
     /// Non-empty buckets as (value µs, count), to travel as JSON.
