@@ -204,7 +204,13 @@ pub(crate) async fn measure(
     fill_published(&mut row, &published);
     fill_delivered(&mut row, &delivered, wall);
     cpu.fill(&mut row, delivered.distinct);
-    row.gateway_rss_kib = Some(sut.stack.gateway_pids().iter().map(|&p| rss_kib(p)).sum());
+    row.gateway_rss_each_kib = sut
+        .stack
+        .gateway_pids()
+        .iter()
+        .map(|&p| rss_kib(p))
+        .collect();
+    row.gateway_rss_kib = Some(row.gateway_rss_each_kib.iter().sum());
     row.nats_rss_kib = Some(rss_kib(sut.stack.nats_pid()));
     let reconnects = after.status.disconnects - before.status.disconnects;
     if reconnects > 0 {
@@ -283,12 +289,14 @@ pub(crate) struct Meter {
     clients: Vec<u32>,
     t0: Instant,
     start: [u64; 4],
+    start_each: Vec<u64>,
 }
 
 /// CPU milliseconds over a wall time.
 pub(crate) struct Cpu {
     wall: Duration,
     ms: [u64; 4],
+    gateway_each: Vec<u64>,
 }
 
 impl Meter {
@@ -300,8 +308,10 @@ impl Meter {
             clients,
             t0: Instant::now(),
             start: [0; 4],
+            start_each: Vec::new(),
         };
         m.start = m.read();
+        m.start_each = m.gateways.iter().map(|&p| cpu_ms(p)).collect();
         m.t0 = Instant::now();
         m
     }
@@ -321,9 +331,16 @@ impl Meter {
         for i in 0..4 {
             ms[i] = end[i].saturating_sub(self.start[i]);
         }
+        let gateway_each = self
+            .gateways
+            .iter()
+            .zip(&self.start_each)
+            .map(|(&p, &s)| cpu_ms(p).saturating_sub(s))
+            .collect();
         Cpu {
             wall: self.t0.elapsed(),
             ms,
+            gateway_each,
         }
     }
 }
@@ -339,6 +356,7 @@ impl Cpu {
         row.nats_cpu_pct = Some(self.pct(1));
         row.publisher_cpu_pct = Some(self.pct(2));
         row.clients_cpu_pct = Some(self.pct(3));
+        row.gateway_cpu_each_ms = self.gateway_each.clone();
         if deliveries > 0 {
             row.gateway_us_per_delivery = Some(self.ms[0] as f64 * 1000.0 / deliveries as f64);
             row.nats_us_per_delivery = Some(self.ms[1] as f64 * 1000.0 / deliveries as f64);

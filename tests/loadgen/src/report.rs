@@ -41,6 +41,9 @@ pub(crate) struct Row {
     pub(crate) client_rss_per_socket_kib: Option<f64>,
     /// Gateways' RSS (sum) and nats-server's at the end of the case.
     pub(crate) gateway_rss_kib: Option<u64>,
+    /// Each gateway process's RSS at the end, and its CPU over the phase (ms).
+    pub(crate) gateway_rss_each_kib: Vec<u64>,
+    pub(crate) gateway_cpu_each_ms: Vec<u64>,
     pub(crate) nats_rss_kib: Option<u64>,
     /// CPU over the publishing phase, % of one core.
     pub(crate) gateway_cpu_pct: Option<f64>,
@@ -210,7 +213,11 @@ pub(crate) fn table(rows: &[Row]) -> String {
             r.protocol,
             r.gateways,
             r.sockets,
-            r.target_rate.map_or("max".to_owned(), |n| n.to_string()),
+            match (r.target_rate, r.acked) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(_)) => "max".to_owned(),
+                (None, None) => "–".to_owned(),
+            },
             num(r.acked_per_s, 0),
             num(r.delivered_per_s, 0),
             num(r.p50_ms, 2),
@@ -305,6 +312,7 @@ mod tests {
             Row {
                 scenario: "C".into(),
                 protocol: "json".into(),
+                acked: Some(5),
                 of_ceiling_pct: Some(71.2),
                 publish_failed: 2,
                 ..Row::default()
