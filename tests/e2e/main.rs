@@ -19,7 +19,7 @@ mod forged;
 mod infra_configs;
 mod lifecycle;
 mod loadclient;
-mod loadclient_memory;
+mod loadclient_scale;
 mod metrics;
 mod otlp_metrics;
 mod permissions;
