@@ -19,6 +19,7 @@ mod forged;
 mod infra_configs;
 mod lifecycle;
 mod loadclient;
+mod loadclient_scale;
 mod loadgen;
 mod metrics;
 mod otlp_metrics;

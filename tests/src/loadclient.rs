@@ -282,4 +282,28 @@ mod tests {
         let theirs: Vec<Duration> = (0..6).map(|_| other.next()).collect();
         assert_ne!(first, theirs, "two clients draw different pauses");
     }
+
+    #[test]
+    fn the_task_of_a_socket_stays_small() {
+        // The handshake is boxed (heap only while connecting); what stays is the
+        // socket, its timer and the loop's state, next to a 4 KiB read buffer.
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg = ClientConfig {
+            gateway: SocketAddr::from(([127, 0, 0, 1], 1)),
+            source: None,
+            protocol: Protocol::Json,
+            token: String::new(),
+            device: String::new(),
+            reconnect: false,
+        };
+        let report = || Reporter {
+            client: 0,
+            out: tx.clone(),
+        };
+        let cancel = CancellationToken::new();
+        let native = native::run(cfg.clone(), report(), cancel.clone());
+        let signalr = signalr::run(cfg, report(), cancel);
+        let sizes = (size_of_val(&native), size_of_val(&signalr));
+        assert!(sizes.0 < 3 * 1024 && sizes.1 < 3 * 1024, "{sizes:?}");
+    }
 }

@@ -52,7 +52,9 @@ pub(super) async fn run(cfg: ClientConfig, report: Reporter, cancel: Cancellatio
     loop {
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = open(&cfg, &path, msgpack) => r,
+            // Boxed: the handshake's state lives on the heap only while connecting,
+            // so the task holding an idle socket stays small.
+            r = Box::pin(open(&cfg, &path, msgpack)) => r,
         };
         let end = match opened {
             Ok(ws) => {
@@ -149,7 +151,7 @@ async fn serve(
         } else {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    close(&mut ws).await;
+                    Box::pin(close(&mut ws)).await;
                     return None;
                 }
                 _ = &mut silence => {

@@ -80,7 +80,8 @@ pub(super) async fn run(cfg: ClientConfig, report: Reporter, cancel: Cancellatio
         };
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = attempt => r,
+            // Boxed: the handshake's state lives on the heap only while connecting.
+            r = Box::pin(attempt) => r,
         };
         let end = match opened {
             Ok((mut c, opened)) => {
@@ -270,12 +271,7 @@ impl Session<'_> {
             }
             let next = tokio::select! {
                 _ = cancel.cancelled() => {
-                    let bye = frames::hub_message(
-                        self.msgpack,
-                        &ServerMessage::Close { error: None, allow_reconnect: false },
-                    );
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(bye)).await;
-                    super::native::close(&mut ws).await;
+                    Box::pin(stop(&mut ws, self.msgpack)).await;
                     return None;
                 }
                 _ = &mut timer => {
@@ -376,6 +372,17 @@ impl Session<'_> {
         }
         true
     }
+}
+
+/// The official client's `stop()`: a hub Close, then the WebSocket close.
+async fn stop(ws: &mut Ws, msgpack: bool) {
+    let bye = ServerMessage::Close {
+        error: None,
+        allow_reconnect: false,
+    };
+    let bye = frames::hub_message(msgpack, &bye);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(bye)).await;
+    super::native::close(ws).await;
 }
 
 /// After a hub Close: the WebSocket close code (read within [`CLOSE_TIMEOUT`]).
