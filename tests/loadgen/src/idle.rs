@@ -4,17 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Clients, Ctx, Phase, Sut, measure, open_stack};
+use crate::harness::{Clients, Ctx, Meter, Phase, Sut, measure, open_stack};
 use crate::procstat::rss_kib;
 use crate::publish::Targets;
 use crate::report::Row;
 
 /// How long sockets sit idle before RSS is read (allocations settle).
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long B measures the CPU of idle sockets.
+const IDLE_CPU: Duration = Duration::from_secs(5);
 
 /// B: for each of `--b-protocols`, a fresh gateway process and `--b-sockets` idle
 /// sockets (one user each): the growth of the gateway's, nats-server's and the client
-/// processes' RSS per socket.
+/// processes' RSS per socket, and their CPU while the sockets sit idle.
 pub(crate) async fn b(ctx: &mut Ctx) -> anyhow::Result<()> {
     let args = ctx.args.clone();
     for protocol in &args.b_protocols {
@@ -33,8 +35,12 @@ pub(crate) async fn b(ctx: &mut Ctx) -> anyhow::Result<()> {
         tokio::time::sleep(SETTLE).await;
         let (gw1, nats1) = rss(&sut);
         let client_rss: u64 = clients.pool.pids().iter().map(|&p| rss_kib(p)).sum();
+        // What idle sockets cost in CPU (heartbeats, pings, timers).
+        let meter = Meter::start(&sut.stack, clients.pool.pids());
+        tokio::time::sleep(IDLE_CPU).await;
+        let cpu = meter.stop();
         let n = args.b_sockets.max(1) as f64;
-        let row = Row {
+        let mut row = Row {
             scenario: "B".into(),
             protocol: protocol.clone(),
             gateways: 1,
@@ -51,6 +57,12 @@ pub(crate) async fn b(ctx: &mut Ctx) -> anyhow::Result<()> {
             )],
             ..Row::default()
         };
+        cpu.fill(&mut row, 0);
+        row.notes.push(format!(
+            "idle CPU over {IDLE_CPU:?}: gateway {:.1} %, nats-server {:.1} % of a core",
+            row.gateway_cpu_pct.unwrap_or(0.0),
+            row.nats_cpu_pct.unwrap_or(0.0)
+        ));
         clients.close().await;
         sut.stack.stop().await;
         ctx.push(row);
