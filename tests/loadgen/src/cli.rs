@@ -7,11 +7,20 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 /// Every scenario, in the order the standard suite runs them.
-pub(crate) const SCENARIOS: [&str; 9] = [
-    "a", "b", "ceiling", "c", "d", "storm", "features", "100k", "smoke",
+pub(crate) const SCENARIOS: [&str; 10] = [
+    "a",
+    "b",
+    "ceiling",
+    "c",
+    "d",
+    "storm",
+    "nats-storm",
+    "features",
+    "100k",
+    "smoke",
 ];
 /// `make bench`'s suite.
-pub(crate) const STANDARD: &str = "a,b,ceiling,c,d,storm,features";
+pub(crate) const STANDARD: &str = "a,b,ceiling,c,d,storm,nats-storm,features";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +43,7 @@ pub(crate) enum Cmd {
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RunArgs {
-    /// Comma-separated scenarios: a, b, ceiling, c, d, storm, features, 100k, smoke.
+    /// Comma-separated scenarios: a, b, ceiling, c, d, storm, nats-storm, features, 100k, smoke.
     #[arg(long, default_value = STANDARD, value_delimiter = ',', value_parser = scenario)]
     pub(crate) scenarios: Vec<String>,
     /// Gateway processes for A, C, D and features.
@@ -201,7 +210,16 @@ mod tests {
         let a = run("").expect("parses");
         assert_eq!(
             a.scenarios,
-            ["a", "b", "ceiling", "c", "d", "storm", "features"]
+            [
+                "a",
+                "b",
+                "ceiling",
+                "c",
+                "d",
+                "storm",
+                "nats-storm",
+                "features"
+            ]
         );
         assert_eq!(a.d_rates, [5000, 10000, 20000, 40000]);
         assert_eq!(a.storm_signals, ["TERM", "KILL"]);

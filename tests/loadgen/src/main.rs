@@ -89,6 +89,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             "c" => scenarios::c(&mut ctx).await,
             "d" => scenarios::d(&mut ctx).await,
             "storm" => storm::storm(&mut ctx).await,
+            "nats-storm" => storm::nats_storm(&mut ctx).await,
             "features" => scenarios::features(&mut ctx).await,
             "100k" => idle::hundred_k(&mut ctx).await,
             "smoke" => scenarios::smoke(&mut ctx).await,

@@ -3,6 +3,8 @@
 //! stays down `--storm-outage`, and starts again on the same port. Every client
 //! reconnects with its device id; reported: the time until all resumed, and lost /
 //! duplicate deliveries of the events published before, during and after the outage.
+//! NATS storm ([`nats_storm`]): the nats-server restarts under the same sockets, and the
+//! latency of live events during the gateway's re-sync is measured.
 
 use std::time::{Duration, Instant};
 
@@ -113,6 +115,58 @@ pub(crate) async fn storm(ctx: &mut Ctx) -> anyhow::Result<()> {
         }
         ctx.push(row);
     }
+    clients.close().await;
+    sut.stack.stop().await;
+    Ok(())
+}
+
+/// How long live events are published once the nats-server is back.
+const RESYNC_LOAD: Duration = Duration::from_secs(5);
+
+/// NATS storm: `--storm-sockets` sockets (one user each) on one gateway; the
+/// nats-server is killed and started again on the same port and store. Every gateway
+/// re-syncs each local user; reported: the latency of live events published at
+/// `--storm-rate` from the moment the server is back (while the re-sync runs), and
+/// that every acknowledged event arrived.
+pub(crate) async fn nats_storm(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let args = ctx.args.clone();
+    let n = args.storm_sockets;
+    let mut sut = open_stack(ctx, "nats-storm", 1, ctx.opts(), args.tracing).await?;
+    let mut clients = Clients::open(ctx, &sut, &args.protocol, n, 1).await?;
+    let stopped_at = Instant::now();
+    sut.stack.nats.restart().await;
+    let down_for = stopped_at.elapsed();
+    let plan = PublishPlan {
+        phase: "resync".into(),
+        users: clients.users.clone(),
+        targets: Targets::Random,
+        rate: Some(args.storm_rate),
+        duration: RESYNC_LOAD,
+        publishers: args.publishers,
+        window: args.window,
+        traced: false,
+    };
+    let t0 = Instant::now();
+    let published = publish::run(&sut.stack.nats.url(), &plan, CancellationToken::new()).await?;
+    let delivered = collect(ctx, &mut clients, "resync", &published).await?;
+    let mut row = Row {
+        scenario: "storm NATS restart".into(),
+        protocol: args.protocol.clone(),
+        gateways: 1,
+        sockets: n,
+        target_rate: Some(args.storm_rate),
+        ..Row::default()
+    };
+    fill_published(&mut row, &published);
+    fill_delivered(&mut row, &delivered, t0.elapsed());
+    row.delivered_per_s = None;
+    let st = clients.pool.status().await?;
+    row.notes.push(format!(
+        "nats-server killed and back in {:.2} s; live events published for {RESYNC_LOAD:?} from then on, while the gateway re-syncs its {n} users; {} client disconnects",
+        down_for.as_secs_f64(),
+        st.status.disconnects
+    ));
+    ctx.push(row);
     clients.close().await;
     sut.stack.stop().await;
     Ok(())
