@@ -37,7 +37,7 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-proto --test props
 	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-worker --lib job::props
 
-## bench: the standard load suite (A, B, ceiling, C, D, storms, feature costs) against release nats-server + gateway processes; JSON report in .run/bench/ (BENCH_ARGS: any `ziraai-loadgen run` flag, e.g. "--scenarios a,c --duration 20s").
+## bench: the standard load suite (A, B, ceiling, C, D, gateway and NATS storms, feature costs) against release nats-server + gateway processes; JSON report in .run/bench/ (BENCH_ARGS: any `ziraai-loadgen run` flag, e.g. "--scenarios a,c --duration 20s").
 BENCH_ARGS ?=
 BENCH_BIN := $(or $(CARGO_TARGET_DIR),target)/release
 bench: nats-server
