@@ -7,7 +7,7 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_SERVER := .tools/nats-server-$(NATS_SERVER_VERSION)/bin/nats-server
 export NATS_SERVER_VERSION
 
-.PHONY: run run-cluster haproxy test fuzz bench nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze build lint fmt clean
+.PHONY: run run-cluster haproxy test fuzz bench bench-100k nats-server signalr-client browser browser-client promtool kubernetes-validate systemd-analyze build lint fmt clean
 
 ## run: start NATS (own port 4333), one gateway, the demo producer; Ctrl-C stops all.
 run: nats-server
@@ -37,11 +37,17 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-proto --test props
 	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_TIMEOUT) cargo test --locked -p ziraai-worker --lib job::props
 
-## bench: the same load against a release gateway with tracing off, then on (OTLP to an in-process receiver), side by side (BENCH_ARGS="--sockets N --events N --rate N [--no-tracking] [--tracing both|on|off]").
-BENCH_ARGS ?= --sockets 4000 --events 3000 --rate 1000
+## bench: the standard load suite (A, B, ceiling, C, D, gateway and NATS storms, feature costs) against release nats-server + gateway processes; JSON report in .run/bench/ (BENCH_ARGS: any `ziraai-loadgen run` flag, e.g. "--scenarios a,c --duration 20s").
+BENCH_ARGS ?=
+BENCH_BIN := $(or $(CARGO_TARGET_DIR),target)/release
 bench: nats-server
 	cargo build --release --locked --bins
-	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" $(or $(CARGO_TARGET_DIR),target)/release/ziraai-bench $(BENCH_ARGS)
+	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" $(BENCH_BIN)/ziraai-loadgen run $(BENCH_ARGS)
+
+## bench-100k: 100,000 sockets over 6 gateway and 6 client processes, held 10 min (--hold), then one event to every socket and a broadcast burst (BENCH_ARGS as for bench).
+bench-100k: nats-server
+	cargo build --release --locked --bins
+	ZIRAAI_TEST_NATS_SERVER="$(abspath $(NATS_SERVER))" $(BENCH_BIN)/ziraai-loadgen run --scenarios 100k $(BENCH_ARGS)
 
 ## signalr-client: install the pinned official SignalR JS client (tests/signalr, from its lock file).
 SIGNALR_CLIENT := tests/signalr/node_modules/.package-lock.json

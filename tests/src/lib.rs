@@ -9,6 +9,7 @@ mod devices;
 mod isolated;
 mod keys;
 mod load;
+pub mod loadclient;
 mod nats_server;
 mod node;
 mod otlp;

@@ -140,6 +140,12 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id while it runs (the load generator samples its RSS and
+    /// CPU from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
