@@ -23,6 +23,8 @@ mod request_auth;
 mod serve;
 pub mod session;
 pub mod signalr;
+#[cfg(test)]
+mod sizes_tests;
 mod socket;
 pub mod store;
 pub mod trace;

@@ -59,12 +59,14 @@ fn server_checked(m: StreamMessage, subject: &str, from: u64) -> Result<StreamMe
     Ok(m)
 }
 
-/// Handle on `NOTIFY` for reads.
+/// Handle on `NOTIFY` for reads; a pointer (every socket and user channel holds one).
 #[derive(Clone)]
-pub struct EventStore {
+pub struct EventStore(Arc<Shared>);
+
+struct Shared {
     js: jetstream::Context,
     /// Highest stream sequence seen by any read of this gateway (see the module header).
-    floor: Arc<AtomicU64>,
+    floor: AtomicU64,
 }
 
 /// The direct-get API subject of `NOTIFY`.
@@ -84,20 +86,20 @@ impl EventStore {
         js.get_stream_no_info(NOTIFY_STREAM)
             .await
             .map_err(|e| StoreError(e.to_string()))?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             js: js.clone(),
-            floor: Arc::default(),
-        })
+            floor: AtomicU64::new(0),
+        })))
     }
 
     /// The highest stream sequence this gateway has seen: no read is answered by a
     /// replica whose stream ends before it.
     pub fn floor(&self) -> u64 {
-        self.floor.load(Ordering::Relaxed)
+        self.0.floor.load(Ordering::Relaxed)
     }
 
     fn saw(&self, seq: u64) {
-        self.floor.fetch_max(seq, Ordering::Relaxed);
+        self.0.floor.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// One direct get of `request` with `min_last_seq` set to the floor: the message,
@@ -111,7 +113,7 @@ impl EventStore {
         if floor > 0 {
             request["min_last_seq"] = json!(floor);
         }
-        let client = self.js.client();
+        let client = self.0.js.client();
         let read = client.request(DIRECT_GET, Bytes::from(request.to_string()));
         let reply = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => return Err(StoreError("timed out".into())),
@@ -181,6 +183,7 @@ impl EventStore {
         let info = async {
             // `get_stream` is one STREAM.INFO request; its answer carries the state.
             let s = self
+                .0
                 .js
                 .get_stream(NOTIFY_STREAM)
                 .await
