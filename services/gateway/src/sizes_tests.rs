@@ -60,6 +60,7 @@ fn print_sizes() {
             "Arc<Event> queue item",
             size_of::<std::sync::Arc<crate::event::Event>>(),
         ),
+        ("event::Event", size_of::<crate::event::Event>()),
         ("LiveReader", size_of::<crate::live::LiveReader>()),
     ];
     for (name, bytes) in rows {
