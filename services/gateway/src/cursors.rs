@@ -4,6 +4,7 @@
 //! A cursor only moves forward: writes are compare-and-set on the key's revision, so
 //! two gateways (or a socket and an HTTP ack) racing on one device keep the highest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -22,9 +23,12 @@ const CAS_ATTEMPTS: usize = 5;
 pub struct CursorError(String);
 
 /// The `CURSORS` bucket.
+///
+/// Shared, not copied: every socket with a device holds one, and a `kv::Store` carries
+/// the bucket's stream info (about 1.5 KB).
 #[derive(Clone)]
 pub struct Cursors {
-    kv: kv::Store,
+    kv: Arc<kv::Store>,
 }
 
 fn key(user: &UserId, device: &DeviceId) -> String {
@@ -49,7 +53,7 @@ impl Cursors {
     /// Binds the bucket (its stream is applied from `nats/streams/KV_CURSORS.json`).
     pub async fn new(js: &jetstream::Context) -> Result<Self, CursorError> {
         let kv = bounded("bind bucket", js.get_key_value(CURSORS_BUCKET)).await?;
-        Ok(Self { kv })
+        Ok(Self { kv: Arc::new(kv) })
     }
 
     /// The stored cursor of a device, if any.

@@ -395,3 +395,12 @@ fn fan_out(channel: &UserChannel, event: Event, stats: &Stats, log: bool) {
         }
     }
 }
+
+/// The size of a user channel's task future (see `sizes_tests`).
+#[cfg(test)]
+pub(crate) fn channel_future_size() -> usize {
+    fn ret<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    ret(run_channel)
+}

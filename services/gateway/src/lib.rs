@@ -24,6 +24,8 @@ pub mod resync;
 mod serve;
 pub mod session;
 pub mod signalr;
+#[cfg(test)]
+mod sizes_tests;
 mod socket;
 pub mod store;
 pub mod trace;

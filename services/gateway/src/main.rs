@@ -7,6 +7,13 @@ use ziraai_gateway::auth::KeysError;
 use ziraai_gateway::cli::{admin, token, watch};
 use ziraai_gateway::{App, KeyReloader};
 
+/// jemalloc with its background threads. Idle sockets cost the same as with glibc's
+/// allocator (13.4 KiB each either way, measured), but after a storm of closes glibc
+/// kept all of the memory (105 MB after 6,000 sockets closed) while jemalloc purges
+/// it within seconds; `_RJEM_MALLOC_CONF` tunes it (e.g. `dirty_decay_ms:1000`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ziraai-gateway",

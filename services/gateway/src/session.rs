@@ -232,13 +232,17 @@ pub(crate) enum Stop {
 
 /// Runs a session until the client leaves or the server closes it; returns why the
 /// server closed it (`None` when the client closed or vanished).
-pub async fn run<S, E, B, D>(
+///
+/// The connection state is built before the future starts and used in place: an
+/// `async fn` taking these arguments would keep them in its state beside the
+/// connection they are moved into, doubling what every idle socket holds.
+pub fn run<S, E, B, D>(
     socket: S,
     queue: mpsc::Receiver<Arc<Event>>,
     ctl: Arc<SocketCtl>,
     session: Session<B>,
     dialect: D,
-) -> Option<CloseReason>
+) -> impl Future<Output = Option<CloseReason>>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
     E: SocketError,
@@ -247,15 +251,18 @@ where
 {
     let write_timeout = session.limits.write_timeout;
     let mut conn = conn::Conn::new(socket, queue, ctl, session, dialect);
-    let stop = conn.serve().await;
-    conn.save_cursor_if_dirty().await;
-    match stop {
-        Stop::Gone => None,
-        Stop::Close(reason) => {
-            Box::pin(conn.dialect_mut().ending()).await;
-            let farewell = conn.dialect().farewell(&reason);
-            close(conn.socket(), farewell, write_timeout).await;
-            Some(reason)
+    async move {
+        let stop = conn.serve().await;
+        conn.save_cursor_if_dirty().await;
+        match stop {
+            Stop::Gone => None,
+            Stop::Close(reason) => {
+                // Boxed: runs once, at the end; inline it would add to every socket.
+                Box::pin(conn.dialect_mut().ending()).await;
+                let farewell = conn.dialect().farewell(&reason);
+                Box::pin(close(conn.socket(), farewell, write_timeout)).await;
+                Some(reason)
+            }
         }
     }
 }
@@ -283,6 +290,12 @@ where
         }
     })
     .await;
+}
+
+/// The size of a connection's state (see `sizes_tests`).
+#[cfg(test)]
+pub(crate) fn conn_size<S, B, D>() -> usize {
+    std::mem::size_of::<conn::Conn<S, B, D>>()
 }
 
 #[cfg(test)]

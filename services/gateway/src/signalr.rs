@@ -34,3 +34,9 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         post(negotiate::negotiate).options(negotiate::preflight),
     )
 }
+
+/// The size of a hub socket's future after the upgrade (see `sizes_tests`).
+#[cfg(test)]
+pub(crate) fn serve_future_size() -> usize {
+    connect::serve_future_size()
+}

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use ziraai_proto::{DeviceId, UserId};
 
@@ -21,13 +22,14 @@ use crate::backend::NatsBackend;
 use crate::conn_limit::Ticket;
 use crate::error::{ApiError, refuse, unavailable};
 use crate::event::Encoding;
-use crate::hub::{JoinError, Membership};
+use crate::hub::{JoinError, LeaveGuard, Membership};
 use crate::request_auth::{authenticate, check_origin};
 use crate::session::{self, CloseReason, Dialect, Session, SessionLimits};
 
-/// Socket read buffer: clients only send small frames (see stack notes: 128 KiB
-/// defaults cost about 133 KiB of RSS per idle socket).
-const READ_BUFFER: usize = 4 * 1024;
+/// Socket read buffer, allocated for the socket's whole life: clients only send
+/// small frames (acks, pings), and a larger one grows it as needed. (128 KiB defaults
+/// cost about 133 KiB of RSS per idle socket; 4 KiB cost 3.5 KiB more than 512 B.)
+const READ_BUFFER: usize = 512;
 /// Socket write buffer before a flush is forced.
 const WRITE_BUFFER: usize = 4 * 1024;
 /// Hard cap of tungstenite's write buffer: one batch of frames at most.
@@ -347,28 +349,85 @@ impl SocketStart {
     /// Runs the session and keeps the gateway's books: the shutdown tracker, the
     /// connection count, slow-consumer closes, and the user's subscription (the
     /// membership's guard leaves the channel when this returns).
-    pub(crate) async fn serve<D: Dialect>(self, socket: WebSocket, dialect: D) {
+    ///
+    /// Everything is built before the returned future starts, and the session's
+    /// future is boxed at its exact size: a future that took these values as
+    /// arguments would hold each of them twice (its arguments stay in its state beside
+    /// what they were moved into), for as long as the socket is open.
+    pub(crate) fn serve<D: Dialect + 'static>(
+        self,
+        socket: WebSocket,
+        dialect: D,
+    ) -> impl Future<Output = ()> + Send + use<D> {
         let Self {
             app,
-            slot: _slot,
+            slot,
             membership,
             session,
             connection_id,
             user,
-            tracked: _tracked,
+            tracked,
             ticket,
         } = self;
-        let _guard = membership.guard;
+        let Membership { guard, rx, ctl } = membership;
         if let Some(t) = &ticket {
-            t.attach(&membership.ctl);
+            t.attach(&ctl);
         }
         app.connections.fetch_add(1, Ordering::Relaxed);
         let open = app.stats.metrics.connections(dialect.encoding());
         open.inc();
         let protocol = crate::metrics::protocol_label(dialect.encoding());
         tracing::info!(%connection_id, user = %user, protocol, "socket open");
-        let ctl = membership.ctl.clone();
-        let end = session::run(socket, membership.rx, membership.ctl, session, dialect).await;
+        let books = Books {
+            app,
+            _slot: slot,
+            _guard: guard,
+            connection_id,
+            user,
+            _tracked: tracked,
+            _ticket: ticket,
+            open,
+            protocol,
+            ctl: ctl.clone(),
+        };
+        let run = Box::pin(session::run(socket, rx, ctl, session, dialect));
+        async move {
+            let end = run.await;
+            books.closed(end);
+        }
+    }
+}
+
+/// What a served socket keeps until it closes, besides its session: its places in
+/// the gateway's counts, and what its close log line says.
+///
+/// Fields drop in order: the channel and limit places first, the tracker's token last
+/// (a drain waiting on the tracker finds everything else given back).
+struct Books {
+    /// Leaves the user's channel when dropped.
+    _guard: LeaveGuard,
+    _ticket: Option<Ticket>,
+    _slot: SocketSlot,
+    app: Arc<AppState>,
+    connection_id: Arc<str>,
+    user: UserId,
+    open: Gauge,
+    protocol: &'static str,
+    ctl: Arc<session::SocketCtl>,
+    _tracked: TaskTrackerToken,
+}
+
+impl Books {
+    fn closed(self, end: Option<CloseReason>) {
+        let Self {
+            app,
+            connection_id,
+            user,
+            open,
+            protocol,
+            ctl,
+            ..
+        } = &self;
         open.dec();
         app.connections.fetch_sub(1, Ordering::Relaxed);
         if end == Some(CloseReason::SlowConsumer) {

@@ -58,14 +58,16 @@ fn server_checked(m: StreamMessage, subject: &str, from: u64) -> Result<StreamMe
     Ok(m)
 }
 
-/// Handle on `NOTIFY` for reads.
+/// Handle on `NOTIFY` for reads; a pointer (every socket and user channel holds one).
 #[derive(Clone)]
-pub struct EventStore {
+pub struct EventStore(Arc<Shared>);
+
+struct Shared {
     js: jetstream::Context,
     /// Highest stream sequence seen by any read of this gateway (see the module header).
-    floor: Arc<AtomicU64>,
+    floor: AtomicU64,
     /// One STREAM.INFO at a time, its answer shared (see [`Self::bounds`]).
-    bounds: Arc<BoundsFlight>,
+    bounds: BoundsFlight,
 }
 
 /// The STREAM.INFO requests of [`EventStore::bounds`]: how many were started, and the
@@ -112,21 +114,21 @@ impl EventStore {
         js.get_stream_no_info(NOTIFY_STREAM)
             .await
             .map_err(|e| StoreError(e.to_string()))?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             js: js.clone(),
-            floor: Arc::default(),
-            bounds: Arc::default(),
-        })
+            floor: AtomicU64::new(0),
+            bounds: BoundsFlight::default(),
+        })))
     }
 
     /// The highest stream sequence this gateway has seen: no read is answered by a
     /// replica whose stream ends before it.
     pub fn floor(&self) -> u64 {
-        self.floor.load(Ordering::Relaxed)
+        self.0.floor.load(Ordering::Relaxed)
     }
 
     fn saw(&self, seq: u64) {
-        self.floor.fetch_max(seq, Ordering::Relaxed);
+        self.0.floor.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// One direct get of `request` with `min_last_seq` set to the floor: the message,
@@ -139,7 +141,7 @@ impl EventStore {
         request.min_last_seq = self.floor();
         // Serialising two numbers and a subject into a Vec cannot fail.
         let body = serde_json::to_vec(&request).unwrap_or_default();
-        let client = self.js.client();
+        let client = self.0.js.client();
         let read = client.request(DIRECT_GET, Bytes::from(body));
         let reply = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => return Err(StoreError("timed out".into())),
@@ -218,7 +220,7 @@ impl EventStore {
     /// thousands at once: they cost a few JetStream API requests instead of one each,
     /// which nats-server queues (and drops past its API queue limit).
     pub async fn bounds(&self) -> Result<StreamBounds, StoreError> {
-        let flight = &self.bounds;
+        let flight = &self.0.bounds;
         // Any request numbered from here on starts after this call.
         let wanted = flight.started.load(Ordering::SeqCst) + 1;
         let mut latest = flight.latest.lock().await;
@@ -238,6 +240,7 @@ impl EventStore {
         let info = async {
             // `get_stream` is one STREAM.INFO request; its answer carries the state.
             let s = self
+                .0
                 .js
                 .get_stream(NOTIFY_STREAM)
                 .await

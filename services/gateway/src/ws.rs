@@ -65,7 +65,12 @@ pub(crate) async fn upgrade(
         ping_interval,
         refresh: Some(refresh),
     };
-    Ok(ws.on_upgrade(move |socket: WebSocket| start.serve(socket, dialect)))
+    // Boxed: axum's upgrade task keeps its callback for the socket's whole life.
+    let started = Box::new((start, dialect));
+    Ok(ws.on_upgrade(move |socket: WebSocket| {
+        let (start, dialect) = *started;
+        start.serve(socket, dialect)
+    }))
 }
 
 /// The subprotocol the client offered and this gateway speaks; `None` when it

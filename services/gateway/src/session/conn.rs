@@ -183,7 +183,10 @@ where
         loop {
             self.ctl.replaying.store(true, Ordering::SeqCst);
             self.ctl.lagged.store(false, Ordering::SeqCst);
-            let r = self.catch_up(None, path, None).await;
+            // Boxed, here and for a live event's gap: a replay's future (the event
+            // read, its spans, the retry timer) is large and rare; inline, every idle
+            // socket's task would carry its size.
+            let r = Box::pin(self.catch_up(None, path, None)).await;
             self.ctl.replaying.store(false, Ordering::SeqCst);
             r?;
             self.flush().await?;
@@ -283,8 +286,7 @@ where
                 "gap: fetching from the stream"
             );
             self.ctl.replaying.store(true, Ordering::SeqCst);
-            let r = self
-                .catch_up(Some(event.seq), Path::GapFill, event.trace.context())
+            let r = Box::pin(self.catch_up(Some(event.seq), Path::GapFill, event.trace.context()))
                 .await;
             self.ctl.replaying.store(false, Ordering::SeqCst);
             r?;

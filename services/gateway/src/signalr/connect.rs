@@ -50,7 +50,8 @@ pub(crate) async fn upgrade(
     // valid for an hour, and sockets sharing it must each count (and be evictable).
     let entry = format!("{connection_id}-{}", nuid::next());
     let ticket = app.conn_limit.admit(&user, &entry).await?;
-    let accepted = Accepted {
+    // Boxed: axum's upgrade task keeps its callback for the socket's whole life.
+    let accepted = Box::new(Accepted {
         admitted: Admitted::new(app, user, device)?.until_expiry_of(&identity),
         connection_id,
         stateful,
@@ -58,7 +59,7 @@ pub(crate) async fn upgrade(
         start_after,
         max_message,
         ticket,
-    };
+    });
     Ok(ws.on_upgrade(move |socket: WebSocket| accepted.serve(socket)))
 }
 
@@ -147,10 +148,26 @@ struct Accepted {
 
 impl Accepted {
     /// After the upgrade: handshake (or resume), join the user's channel, serve.
-    async fn serve(mut self, mut socket: WebSocket) {
-        let Some((protocol, stateful)) = self.open(&mut socket).await else {
-            return;
-        };
+    ///
+    /// The opening runs in its own boxed future, freed once the session starts: its
+    /// state (this value, the socket, the handshake) would otherwise stay in every
+    /// hub socket's task beside the session.
+    fn serve(self: Box<Self>, socket: WebSocket) -> impl Future<Output = ()> + Send {
+        let opening = Box::pin(self.open_and_start(socket));
+        async move {
+            if let Some(session) = opening.await {
+                session.await;
+            }
+        }
+    }
+
+    /// The handshake (or resume) and the join; `None` when the socket ended, was
+    /// refused, or could not be subscribed (told so).
+    async fn open_and_start(
+        mut self: Box<Self>,
+        mut socket: WebSocket,
+    ) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let (protocol, stateful) = self.open(&mut socket).await?;
         let cfg = &self.admitted.app().cfg;
         let dialect = SignalrDialect {
             protocol,
@@ -159,19 +176,21 @@ impl Accepted {
             max_message: self.max_message,
             stateful,
         };
-        let start = self
-            .admitted
-            .start(
-                Encoding::Hub(protocol),
-                Some(self.connection_id),
-                self.start_after,
-            )
+        let Self {
+            admitted,
+            connection_id,
+            start_after,
+            ticket,
+            ..
+        } = *self;
+        let start = admitted
+            .start(Encoding::Hub(protocol), Some(connection_id), start_after)
             .await;
         let Ok(start) = start else {
             close_unavailable(&mut socket, protocol).await;
-            return;
+            return None;
         };
-        start.with_ticket(self.ticket).serve(socket, dialect).await;
+        Some(start.with_ticket(ticket).serve(socket, dialect))
     }
 
     /// The hub handshake for a new connection (with a stateful record when version 2
@@ -301,4 +320,12 @@ async fn handshake(socket: &mut WebSocket, max: usize) -> Option<Handshake> {
             None
         }
     }
+}
+
+#[cfg(test)]
+pub(super) fn serve_future_size() -> usize {
+    fn ret<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    ret(|a: Box<Accepted>, s: WebSocket| a.serve(s))
 }

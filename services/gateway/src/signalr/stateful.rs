@@ -66,13 +66,15 @@ pub(crate) fn protocol_name(p: HubProtocol) -> &'static str {
 /// The `SIGNALR` bucket.
 #[derive(Clone)]
 pub(crate) struct Resumes {
-    kv: kv::Store,
+    /// Shared: every stateful connection's dialect holds one (a `kv::Store` carries
+    /// the bucket's stream info, about 1.5 KB).
+    kv: Arc<kv::Store>,
 }
 
 impl Resumes {
     pub(crate) async fn new(js: &jetstream::Context) -> Result<Self, String> {
         match tokio::time::timeout(KV_TIMEOUT, js.get_key_value(SIGNALR_BUCKET)).await {
-            Ok(Ok(kv)) => Ok(Self { kv }),
+            Ok(Ok(kv)) => Ok(Self { kv: Arc::new(kv) }),
             Ok(Err(e)) => Err(format!("bucket {SIGNALR_BUCKET}: {e}")),
             Err(_) => Err(format!("bucket {SIGNALR_BUCKET}: timed out")),
         }
