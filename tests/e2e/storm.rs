@@ -34,14 +34,22 @@ async fn every_device_resumes_after_a_gateway_restart_with_nothing_lost() {
     let _ = gw.wait_exit(Duration::from_secs(10)).await;
     load.wait_acked(RATE as usize / 2, Duration::from_secs(30))
         .await;
-    let api = |v: serde_json::Value| (v["api"]["total"].as_u64().unwrap_or(0), v["api"]["errors"].as_u64().unwrap_or(0));
+    let api = |v: serde_json::Value| {
+        (
+            v["api"]["total"].as_u64().unwrap_or(0),
+            v["api"]["errors"].as_u64().unwrap_or(0),
+        )
+    };
     let api_before = api(nats.monitor("/jsz").await);
     let failed_before: u64 = devices.iter().map(|d| d.reconnects()).sum();
     let restarted = Instant::now();
     let log = std::env::var("ZIRAAI_STORM_GATEWAY_LOG").ok();
     let mut vars = vec![("ZIRAAI_GATEWAY_LISTEN", addr.as_str())];
     if log.is_some() {
-        vars.push(("RUST_LOG", "info,ziraai_gateway::ws=debug,ziraai_gateway::conn_limit=debug"));
+        vars.push((
+            "RUST_LOG",
+            "info,ziraai_gateway::ws=debug,ziraai_gateway::conn_limit=debug",
+        ));
     }
     let gw = ServiceProcess::gateway(&nats, &vars).await;
     let ready_in = restarted.elapsed();
@@ -52,18 +60,32 @@ async fn every_device_resumes_after_a_gateway_restart_with_nothing_lost() {
     })
     .await;
     let resumed_in = restarted.elapsed();
+    // Scaled-up runs: ZIRAAI_STORM_GATEWAY_LOG=<file> keeps the restarted gateway's log
+    // with each handshake's steps (debug).
     if let Some(path) = &log {
         std::fs::write(path, gw.stderr()).expect("gateway log written");
     }
     let api_after = api(nats.monitor("/jsz").await);
     let failed: u64 = devices.iter().map(|d| d.reconnects()).sum::<u64>() - failed_before;
-    let queue_drops = nats.log().lines().filter(|l| l.contains("queue limit")).count();
+    let queue_drops = nats
+        .log()
+        .lines()
+        .filter(|l| l.contains("queue limit"))
+        .count();
     println!(
         "storm: {} JetStream API requests ({} errors) during the resume; {failed} failed \
          attempts; {queue_drops} API queue drops logged by nats-server",
         api_after.0 - api_before.0,
         api_after.1 - api_before.1,
     );
+    // A handshake asks nothing of nats-server's JetStream API queue (direct gets and
+    // publishes only): a storm must not queue one API request per device (issue 12).
+    let requests = api_after.0 - api_before.0;
+    assert!(
+        requests < devices_n as u64 / 2,
+        "{devices_n} resumes made {requests} JetStream API requests"
+    );
+    assert_eq!(queue_drops, 0, "nats-server dropped JetStream API requests");
     load.wait_acked(RATE as usize, Duration::from_secs(30))
         .await;
     let sent = load.finish().await;

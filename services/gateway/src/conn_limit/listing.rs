@@ -89,6 +89,8 @@ enum Part {
 
 fn answer(m: async_nats::Message) -> Result<Part, async_nats::Error> {
     match m.status.map(|s| s.as_u16()) {
+        // An end of batch with keys still pending: the batch was cut short.
+        Some(204) if pending(&m) => return Ok(Part::TooMany),
         Some(204 | 404) => return Ok(Part::End),
         Some(413) => return Ok(Part::TooMany),
         _ => {}
@@ -102,6 +104,15 @@ fn answer(m: async_nats::Message) -> Result<Part, async_nats::Error> {
     }
     let m = StreamMessage::try_from(m)?;
     Ok(Part::Key(m.subject.to_string(), m.sequence))
+}
+
+/// Whether an end-of-batch message says more keys were left out.
+fn pending(m: &async_nats::Message) -> bool {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Num-Pending"))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 #[cfg(test)]
@@ -156,5 +167,15 @@ mod tests {
             Part::TooMany
         );
         assert!(answer(status(408, "Request Timeout")).is_err());
+        let mut cut = status(204, "EOB");
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Num-Pending", "3");
+        cut.headers = Some(h);
+        assert_eq!(answer(cut).expect("cut short"), Part::TooMany);
+        let mut all = status(204, "EOB");
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Num-Pending", "0");
+        all.headers = Some(h);
+        assert_eq!(answer(all).expect("all"), Part::End);
     }
 }
