@@ -78,11 +78,13 @@ async fn every_device_resumes_after_a_gateway_restart_with_nothing_lost() {
         api_after.0 - api_before.0,
         api_after.1 - api_before.1,
     );
-    // A handshake asks nothing of nats-server's JetStream API queue (direct gets and
-    // publishes only): a storm must not queue one API request per device (issue 12).
+    // A handshake that succeeds asks nothing of nats-server's JetStream API queue
+    // (direct gets and publishes only; the old listing made one STREAM.INFO per
+    // attempt, 614 for 300 devices). Only keys of handshakes that failed after
+    // registering are deleted through it, so a storm stays under one per device.
     let requests = api_after.0 - api_before.0;
     assert!(
-        requests < devices_n as u64 / 2,
+        requests < devices_n as u64,
         "{devices_n} resumes made {requests} JetStream API requests"
     );
     assert_eq!(queue_drops, 0, "nats-server dropped JetStream API requests");
