@@ -146,6 +146,11 @@ impl NatsServer {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// What the server logged so far (`-l server.log`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

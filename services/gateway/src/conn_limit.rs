@@ -43,6 +43,7 @@ use ziraai_proto::UserId;
 use crate::error::{ApiError, refuse, unavailable};
 use crate::session::SocketCtl;
 
+mod listing;
 mod local;
 pub(crate) mod tasks;
 
@@ -162,7 +163,9 @@ impl ConnLimit {
             ));
         }
         let subject = entry_subject(user.as_str(), &self.gateway_id, connection_id);
+        let t0 = tokio::time::Instant::now();
         let seq = self.put(&subject).await.map_err(|e| unavailable(&e))?;
+        let t_put = t0.elapsed();
         let id = self.local.insert(&subject, seq);
         let ticket = Ticket {
             limit: self.clone(),
@@ -170,6 +173,13 @@ impl ConnLimit {
             id,
         };
         let keys = self.list(user).await.map_err(|e| unavailable(&e))?;
+        tracing::debug!(
+            user = %user,
+            put_ms = crate::socket::ms(t_put),
+            list_ms = crate::socket::ms(t0.elapsed() - t_put),
+            keys = keys.len(),
+            "connection limit: registered and listed"
+        );
         if keys.len() <= self.max {
             return Ok(ticket);
         }
@@ -220,35 +230,45 @@ impl ConnLimit {
         bounded("register socket", ack).await
     }
 
-    /// The user's keys (one request, filtered by subject on the server).
-    async fn list(&self, user: &UserId) -> Result<Vec<String>, LimitError> {
+    /// The user's keys with their sequences: one batched direct get (see [`listing`]),
+    /// or, for a user with more keys than one batch, a subject-filtered stream info
+    /// (a JetStream API request; its sequences are read when they are needed).
+    async fn list(&self, user: &UserId) -> Result<Vec<(String, Option<u64>)>, LimitError> {
         let filter = format!("$KV.{CONNS_BUCKET}.u.{user}.*.*");
-        let read = async {
-            let info = self.stream.info_with_subjects(&filter).await?;
-            info.map_ok(|(subject, _count)| subject)
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(async_nats::Error::from)
-        };
-        bounded("list the user's sockets", read).await
+        let stream = format!("KV_{CONNS_BUCKET}");
+        match listing::multi_last(&self.client, &stream, &filter, KV_TIMEOUT).await? {
+            listing::Listed::Keys(keys) => {
+                Ok(keys.into_iter().map(|(k, s)| (k, Some(s))).collect())
+            }
+            listing::Listed::TooMany => {
+                let read = async {
+                    let info = self.stream.info_with_subjects(&filter).await?;
+                    info.map_ok(|(subject, _count)| (subject, None))
+                        .try_collect::<Vec<_>>()
+                        .await
+                        .map_err(async_nats::Error::from)
+                };
+                bounded("list the user's sockets", read).await
+            }
+        }
     }
 
     /// The user's entries on live gateways, oldest first. Entries of gateways without
     /// a heartbeat are dropped here and purged; a key or heartbeat that cannot be read
     /// counts (erring towards the limit rather than past it).
-    async fn live_in_order(&self, user: &UserId, keys: Vec<String>) -> Vec<Entry> {
+    async fn live_in_order(&self, user: &UserId, keys: Vec<(String, Option<u64>)>) -> Vec<Entry> {
         let prefix = format!("$KV.{CONNS_BUCKET}.u.{user}.");
-        let parsed: Vec<(String, String, String)> = keys
+        let parsed: Vec<(String, String, String, Option<u64>)> = keys
             .into_iter()
-            .filter_map(|subject| {
+            .filter_map(|(subject, seq)| {
                 let rest = subject.strip_prefix(&prefix)?;
                 let (gw, conn) = rest.split_once('.')?;
-                Some((gw.to_owned(), conn.to_owned(), subject.clone()))
+                Some((gw.to_owned(), conn.to_owned(), subject.clone(), seq))
             })
             .collect();
         let gateways: HashSet<&str> = parsed
             .iter()
-            .map(|(gw, _, _)| gw.as_str())
+            .map(|(gw, _, _, _)| gw.as_str())
             .filter(|gw| *gw != &*self.gateway_id)
             .collect();
         let mut dead = HashSet::new();
@@ -262,8 +282,16 @@ impl ConnLimit {
         }
         let reads = parsed
             .into_iter()
-            .filter(|(gw, _, _)| !dead.contains(gw))
-            .map(|(gateway, connection, subject)| async move {
+            .filter(|(gw, _, _, _)| !dead.contains(gw))
+            .map(|(gateway, connection, subject, listed)| async move {
+                if let Some(seq) = listed {
+                    return Some(Entry {
+                        subject,
+                        gateway,
+                        connection,
+                        seq,
+                    });
+                }
                 let read = self.stream.direct_get_last_for_subject(subject.clone());
                 let seq = match tokio::time::timeout(KV_TIMEOUT, read).await {
                     Ok(Ok(m)) => m.sequence,

@@ -37,6 +37,18 @@ const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// `Retry-After` of a refusal while realtime is switched off, seconds.
 const REALTIME_OFF_RETRY_AFTER: u64 = 30;
 
+/// Longest a socket's handshake may wait on NATS (resume point, subscription, the
+/// per-user limit) before it is answered 503 `handshake_timeout`: shorter than a
+/// client's own connect timeout (5 s in the SDKs), so a client is told to come back
+/// rather than left to give up, and no handshake goes on for a client long gone
+/// (each step's own bound is 2–3 s; together they could take longer).
+pub(crate) const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Milliseconds of `d`, for logs.
+pub(crate) fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// `Retry-After` of a refusal because this process holds its maximum of sockets.
 const GATEWAY_FULL_RETRY_AFTER: u64 = 5;
 

@@ -14,11 +14,11 @@ use axum::response::Response;
 use ziraai_proto::{Protocol, ServerFrame};
 
 use crate::AppState;
-use crate::error::{ApiError, refuse, unavailable};
+use crate::error::{ApiError, handshake_timeout, refuse, unavailable};
 use crate::event::Encoding;
 use crate::session::native::NativeDialect;
 use crate::session::refresh::Refresh;
-use crate::socket::{Admitted, admit, resume_params, resume_point, sized};
+use crate::socket::{Admitted, HANDSHAKE_DEADLINE, admit, ms, resume_params, resume_point, sized};
 
 pub(crate) async fn upgrade(
     State(app): State<Arc<AppState>>,
@@ -31,7 +31,41 @@ pub(crate) async fn upgrade(
     let (since, device) = resume_params(&query)?;
     let ws = ws.map_err(|e| refuse(e.status(), "not_a_websocket", e.body_text()))?;
     let user = identity.user_id.clone();
-    let resume = resume_point(&app, &user, since, device.as_ref()).await?;
+    let started = tokio::time::Instant::now();
+    let steps = async {
+        let resume = resume_point(&app, &user, since, device.as_ref()).await?;
+        let resumed = started.elapsed();
+        let start = Admitted::new(app.clone(), user.clone(), device.clone())?
+            .until_expiry_of(&identity)
+            .start(
+                Encoding::Native(chosen.unwrap_or(Protocol::Json)),
+                None,
+                resume.start_after,
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let subscribed = started.elapsed();
+        let start = start.limited().await?;
+        tracing::debug!(
+            user = %user,
+            resume_ms = ms(resumed),
+            subscribe_ms = ms(subscribed - resumed),
+            limit_ms = ms(started.elapsed() - subscribed),
+            "handshake steps"
+        );
+        Ok::<_, ApiError>((resume, start))
+    };
+    let (resume, start) = match tokio::time::timeout(HANDSHAKE_DEADLINE, steps).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            tracing::debug!(user = %user, ms = ms(started.elapsed()), error = ?e, "handshake refused");
+            return Err(e);
+        }
+        Err(_) => {
+            tracing::debug!(user = %user, "handshake timed out");
+            return Err(handshake_timeout(HANDSHAKE_DEADLINE));
+        }
+    };
     let protocol = chosen.unwrap_or(Protocol::Json);
     let device_id = device.as_ref().map(ToString::to_string);
     let ping_interval = app.cfg.ping_interval;
@@ -44,13 +78,6 @@ pub(crate) async fn upgrade(
         auth: app.auth.clone(),
         user: user.clone(),
     };
-    let start = Admitted::new(app, user, device)?
-        .until_expiry_of(&identity)
-        .start(Encoding::Native(protocol), None, resume.start_after)
-        .await
-        .map_err(|e| unavailable(&e))?
-        .limited()
-        .await?;
     let welcome = ServerFrame::Welcome {
         connection_id: start.connection_id().to_string(),
         user_id,

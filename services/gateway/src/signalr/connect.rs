@@ -21,10 +21,10 @@ use super::dialect::{CLOSED_WITH_ERROR, SignalrDialect};
 use super::stateful::{Record, Stateful, protocol_name};
 use super::token;
 use crate::AppState;
-use crate::error::{ApiError, refuse, unavailable};
+use crate::error::{ApiError, handshake_timeout, refuse, unavailable};
 use crate::event::{Encoding, hub_frame};
 use crate::session::close_code;
-use crate::socket::{Admitted, admit, resume_params, resume_point, sized};
+use crate::socket::{Admitted, HANDSHAKE_DEADLINE, admit, resume_params, resume_point, sized};
 
 /// .NET's `HandshakeTimeout`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,16 +40,24 @@ pub(crate) async fn upgrade(
     let identity = admit(&app, &headers, &query)?;
     let user = identity.user_id.clone();
     let (connection_id, stateful) = identify_connection(&app, &user, query.get("id"))?;
-    let resuming = load_resume_record(&app, &connection_id, stateful).await?;
     let (since, device) = resume_params(&query)?;
     let ws = ws.map_err(|e| refuse(e.status(), "not_a_websocket", e.body_text()))?;
-    let start_after = choose_start(&app, &user, resuming.as_ref(), since, device.as_ref()).await?;
     let max_message = app.cfg.signalr_max_message;
     let ws = sized(ws, max_message * MESSAGES_PER_FRAME);
     // One limit entry per socket, not per connection token: a negotiated token is
     // valid for an hour, and sockets sharing it must each count (and be evictable).
     let entry = format!("{connection_id}-{}", nuid::next());
-    let ticket = app.conn_limit.admit(&user, &entry).await?;
+    // What the handshake asks of NATS, bounded like `/ws` (503 `handshake_timeout`).
+    let steps = async {
+        let resuming = load_resume_record(&app, &connection_id, stateful).await?;
+        let start_after =
+            choose_start(&app, &user, resuming.as_ref(), since, device.as_ref()).await?;
+        let ticket = app.conn_limit.admit(&user, &entry).await?;
+        Ok::<_, ApiError>((resuming, start_after, ticket))
+    };
+    let (resuming, start_after, ticket) = tokio::time::timeout(HANDSHAKE_DEADLINE, steps)
+        .await
+        .map_err(|_| handshake_timeout(HANDSHAKE_DEADLINE))??;
     // Boxed: axum's upgrade task keeps its callback for the socket's whole life.
     let accepted = Box::new(Accepted {
         admitted: Admitted::new(app, user, device)?.until_expiry_of(&identity),
