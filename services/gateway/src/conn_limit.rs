@@ -28,7 +28,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream::DirectGetErrorKind};
@@ -116,6 +116,9 @@ pub(crate) struct ConnLimit {
     heartbeat: Duration,
     local: local::Registry,
     tracker: TaskTracker,
+    /// The gateway drains: closing sockets leave their keys to the one purge of all this
+    /// gateway's keys at stop ([`tasks::LimitTasks::stop`]) instead of one delete each.
+    draining: AtomicBool,
     /// Sockets of this gateway closed by an eviction (`/metrics`).
     pub(crate) evictions: AtomicU64,
     /// Handshakes this gateway refused with 429 (`/metrics`).
@@ -143,6 +146,7 @@ impl ConnLimit {
             heartbeat: cfg.connection_heartbeat,
             local: local::Registry::default(),
             tracker,
+            draining: AtomicBool::new(false),
             evictions: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
         }))
@@ -381,6 +385,14 @@ impl ConnLimit {
     }
 
     /// Deletes one key's message; a missing one (already deleted) is fine.
+    /// The gateway starts draining: from now on a closing socket's key is not deleted
+    /// by itself (a delete is a JetStream API request; 19,000 of them at once queue for
+    /// tens of seconds in nats-server, ahead of the next gateway's start-up), but with
+    /// every key of this gateway by the purge at stop, or by the heartbeat's expiry.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     async fn delete(&self, seq: u64) {
         if seq == u64::MAX {
             return;
@@ -410,6 +422,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(seq) = self.limit.local.remove(&self.subject, self.id) {
+            if self.limit.draining.load(Ordering::Relaxed) {
+                return;
+            }
             let limit = self.limit.clone();
             // Tracked: a drain waits for these before it purges what is left.
             self.limit

@@ -233,9 +233,11 @@ impl App {
         let state = self.state.clone();
         let router = http::router(state.clone());
         let stop = state.shutdown.clone();
+        let limit = state.conn_limit.clone();
         let on_signal = async move {
             shutdown.await;
             tracing::info!("draining: refusing new sockets, closing open ones with 1012");
+            limit.drain();
             stop.cancel();
         };
         let opts = serve::ServeOptions {
