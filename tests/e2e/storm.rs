@@ -162,7 +162,10 @@ async fn a_draining_gateway_removes_its_connection_keys_with_one_purge() {
             .state
             .messages
     };
-    assert!(conns().await > SOCKETS as u64, "a key per socket and a heartbeat");
+    assert!(
+        conns().await > SOCKETS as u64,
+        "a key per socket and a heartbeat"
+    );
     let api_total = |v: serde_json::Value| v["api"]["total"].as_u64().unwrap_or(0);
     let before = api_total(nats.monitor("/jsz").await);
     within("graceful stop", gw.shutdown())

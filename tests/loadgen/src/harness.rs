@@ -57,15 +57,18 @@ impl Ctx {
                 row.expected.unwrap_or(0)
             ));
         }
+        let n = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let p99 = row
+            .p99_ms
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
         println!(
-            "  {} {}: delivered {:?}/{:?}, lost {:?}, dup {:?}, p99 {:?} ms",
+            "  {} {}: delivered {}/{}, lost {}, dup {}, p99 {p99} ms",
             row.scenario,
             row.protocol,
-            row.delivered,
-            row.expected,
-            row.lost,
-            row.duplicates,
-            row.p99_ms
+            n(row.delivered),
+            n(row.expected),
+            n(row.lost),
+            n(row.duplicates),
         );
         self.rows.push(row);
     }
