@@ -117,7 +117,7 @@ pub(crate) struct ConnLimit {
     local: local::Registry,
     tracker: TaskTracker,
     /// The gateway drains: closing sockets leave their keys to the one purge of all this
-    /// gateway's keys at stop ([`tasks::LimitTasks::stop`]) instead of one delete each.
+    /// gateway's keys at stop ([`tasks::Tasks::stop`]) instead of one delete each.
     draining: AtomicBool,
     /// Sockets of this gateway closed by an eviction (`/metrics`).
     pub(crate) evictions: AtomicU64,
@@ -384,7 +384,6 @@ impl ConnLimit {
         closed
     }
 
-    /// Deletes one key's message; a missing one (already deleted) is fine.
     /// The gateway starts draining: from now on a closing socket's key is not deleted
     /// by itself (a delete is a JetStream API request; 19,000 of them at once queue for
     /// tens of seconds in nats-server, ahead of the next gateway's start-up), but with
@@ -393,6 +392,7 @@ impl ConnLimit {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Deletes one key's message; a missing one (already deleted) is fine.
     async fn delete(&self, seq: u64) {
         if seq == u64::MAX {
             return;
